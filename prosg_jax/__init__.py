@@ -1,0 +1,1 @@
+"""prosg_jax: Prompt Synthetic Gradients for recurrent LMs in JAX."""

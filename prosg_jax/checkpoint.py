@@ -1,0 +1,202 @@
+"""Reading official BlinkDL RWKV checkpoints (``.pth`` / ``.safetensors``).
+
+``load_rwkv`` detects the model version from the key names, derives the
+:class:`~prosg_jax.config.RWKVConfig` from the tensor shapes, and checks the
+file against the exact layout that config implies before any array reaches
+the model: a wrong, truncated or foreign file fails with one clear line.
+
+``.pth`` files are read with ``torch.load(..., weights_only=True)``, which
+refuses pickled code; torch is an optional extra (``pip install
+prosg_jax[torch]``) needed only for that format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from prosg_jax.config import RWKVConfig
+from prosg_jax.models.lm import model_module
+
+# Present in official RWKV-7 checkpoints but unused by the model (layer 0
+# defines v_first and has no value residual).
+_IGNORED_V7 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, of an unknown layout, or inconsistent."""
+
+
+def _dtype_name(dtype) -> str:
+    name = jnp.dtype(dtype).name
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {name}")
+    return name
+
+
+def _read_pth(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise CheckpointError(
+            f"reading {path.name} needs torch: pip install 'prosg_jax[torch]'"
+        ) from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except Exception as e:  # torch raises many types for corrupt or unsafe files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(
+            f"unknown checkpoint layout in {path}: expected a flat dict of tensors"
+        )
+    out = {}
+    for k, v in obj.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"tensor {k!r} in {path} has non-float dtype {v.dtype}")
+        out[k] = v.detach().to(torch.float32).numpy()
+    return out
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        # The flax framework reads bfloat16, which plain numpy cannot.
+        with safe_open(str(path), framework="flax") as f:
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    out = {}
+    for k, v in raw.items():
+        if not jnp.issubdtype(v.dtype, jnp.floating):
+            raise CheckpointError(f"tensor {k!r} in {path} has non-float dtype {v.dtype}")
+        out[k] = np.asarray(v.astype(jnp.float32))
+    return out
+
+
+def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a ``.pth`` or ``.safetensors`` file as float32 numpy arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".pth":
+        return _read_pth(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    raise CheckpointError(f"unsupported checkpoint format {path.suffix!r}: use .pth or .safetensors")
+
+
+def detect_version(keys) -> int:
+    """4 or 7 from the key names; RWKV-5/6 and foreign layouts are rejected."""
+    keys = list(keys)
+    if any(".att.r_k" in k or ".att.x_r" in k for k in keys):
+        return 7
+    if any(s in k for k in keys for s in ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")):
+        raise CheckpointError("RWKV-5/6 checkpoints are not supported; use RWKV-4 or RWKV-7")
+    if any(".att.time_mix_k" in k for k in keys):
+        return 4
+    raise CheckpointError(
+        f"unknown checkpoint layout: not an RWKV-4/7 state dict (first keys: {keys[:4]})"
+    )
+
+
+def _shape(tensors: Mapping[str, np.ndarray], key: str, axis: int) -> int:
+    if key not in tensors:
+        raise CheckpointError(f"checkpoint is missing {key!r}")
+    shape = tensors[key].shape
+    if len(shape) <= axis:
+        raise CheckpointError(f"{key!r} has shape {shape}, expected at least {axis + 1} dims")
+    return int(shape[axis])
+
+
+def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVConfig:
+    """The :class:`RWKVConfig` implied by a state dict's key names and shapes."""
+    version = detect_version(tensors)
+    layers = {int(m.group(1)) for k in tensors if (m := _BLOCK_RE.match(k))}
+    if not layers:
+        raise CheckpointError("checkpoint has no 'blocks.<i>.' tensors")
+    common = dict(
+        vocab_size=_shape(tensors, "emb.weight", 0),
+        d_model=_shape(tensors, "emb.weight", 1),
+        n_layer=max(layers) + 1,
+        d_ffn=_shape(tensors, "blocks.0.ffn.key.weight", 0),
+        dtype=dtype,
+    )
+    if version == 4:
+        return RWKVConfig(version=4, **common)
+    mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
+    return RWKVConfig(
+        version=7,
+        head_size=_shape(tensors, "blocks.0.att.r_k", 1),
+        d_decay_lora=_shape(tensors, "blocks.0.att.w1", 1),
+        d_aaa_lora=_shape(tensors, "blocks.0.att.a1", 1),
+        d_mv_lora=_shape(tensors, mv_key, 1) if mv_key in tensors else 32,
+        d_gate_lora=_shape(tensors, "blocks.0.att.g1", 1),
+        **common,
+    )
+
+
+def _set_path(tree: dict, path: tuple, value) -> None:
+    for part in path[:-1]:
+        tree = tree[part] if isinstance(part, int) else tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def params_from_tensors(
+    cfg: RWKVConfig, tensors: Mapping[str, np.ndarray], dtype=jnp.float32
+) -> dict:
+    """Checks a state dict against ``cfg``'s exact layout and builds the param pytree."""
+    layout = model_module(cfg).checkpoint_layout(cfg)
+    expected = {k for k, _, _ in layout}
+    ignored = set(_IGNORED_V7) if cfg.version == 7 else set()
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+    unexpected = sorted(set(tensors) - expected - ignored)
+    if unexpected:
+        raise CheckpointError(
+            f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}"
+        )
+    params: dict = {"blocks": [{} for _ in range(cfg.n_layer)]}
+    for key, path, shape in layout:
+        arr = tensors[key]
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(
+                f"shape mismatch for {key!r}: checkpoint {tuple(arr.shape)}, expected {shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"tensor {key!r} has non-finite values (NaN or Inf)")
+        if len(shape) == 3:  # [1, 1, C] mixing vectors are plain [C] here
+            arr = arr.reshape(shape[-1])
+        _set_path(params, path, jnp.asarray(arr, dtype=dtype))
+    return params
+
+
+def load_rwkv(path: str | Path, dtype=jnp.float32) -> tuple[RWKVConfig, dict]:
+    """Loads an official RWKV-4 or RWKV-7 checkpoint.
+
+    Args:
+      path: a BlinkDL ``.pth`` file or a ``.safetensors`` file with the same keys.
+      dtype: ``jnp.float32`` or ``jnp.bfloat16``; used for the parameters and as
+        the model's compute dtype (``cfg.dtype``). State stays float32.
+
+    Returns:
+      ``(cfg, params)`` ready for :func:`prosg_jax.forward`.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      CheckpointError: unreadable file, unknown layout, missing/unexpected keys,
+        shape mismatch or non-finite weights.
+    """
+    name = _dtype_name(dtype)
+    tensors = read_tensors(path)
+    cfg = config_from_tensors(tensors, name)
+    return cfg, params_from_tensors(cfg, tensors, dtype=jnp.dtype(name))

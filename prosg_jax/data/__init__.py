@@ -1,0 +1,1 @@
+"""Tokenizers, locally generated TFDS datasets and the grain input pipeline."""

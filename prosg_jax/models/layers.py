@@ -1,0 +1,108 @@
+"""Shared building blocks of the RWKV models: norms, token shift, dense layers.
+
+All functions are pure and work on a leading batch axis ``B``, an optional
+time axis ``T`` and a feature axis ``C``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from prosg_jax.lowrank import LowRankDelta, apply_delta
+
+Deltas = Mapping[str, LowRankDelta]
+
+
+def layer_norm(x: Float[Array, "... C"], p: Mapping[str, Array], eps: float = 1e-5) -> Array:
+    """LayerNorm over the last axis, computed in float32 and cast back to ``x.dtype``."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * p["weight"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def group_norm_heads(
+    x: Float[Array, "... H N"], weight: Array, bias: Array, eps: float
+) -> Float[Array, "... C"]:
+    """GroupNorm with one group per head (``torch.nn.GroupNorm(H, C)``), flattened to C."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = ((xf - mean) * jax.lax.rsqrt(var + eps)).reshape(*x.shape[:-2], -1)
+    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def token_shift(
+    x: Float[Array, "B T C"], prev: Float[Array, "B C"], reset: Bool[Array, "B T"] | None
+) -> Float[Array, "B T C"]:
+    """The previous token's features at every position.
+
+    ``prev`` is the last features of the preceding chunk (the carried state).
+    Where ``reset`` is set a new sequence starts, so there is no previous token
+    and the shift yields zeros, exactly as for a fresh state.
+    """
+    shifted = jnp.concatenate([prev[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+    if reset is not None:
+        shifted = jnp.where(reset[..., None], jnp.zeros((), x.dtype), shifted)
+    return shifted
+
+
+def dense(
+    x: Float[Array, "B *T I"],
+    w: Float[Array, "O I"],
+    name: str,
+    deltas: Deltas | None,
+    taps: dict[str, Array] | None,
+) -> Float[Array, "B *T O"]:
+    """``x Wᵀ`` plus the per-example low-rank delta registered under ``name``, if any.
+
+    Args:
+      x: inputs.
+      w: weight in the PyTorch ``[d_out, d_in]`` orientation.
+      name: the target's path, e.g. ``"blocks.3.att.key"``.
+      deltas: optional mapping from target path to :class:`LowRankDelta`.
+      taps: when not None, ``x`` is recorded under ``name`` (prompt states for
+        ProSG); a Python-level switch, so it costs nothing when off.
+    """
+    if taps is not None:
+        taps[name] = x
+    y = jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
+    if deltas is not None and name in deltas:
+        y = apply_delta(x, y, deltas[name])
+    return y
+
+
+def scan_time(body, carry, xs):
+    """Runs the recurrence ``body(carry, x_t) -> (carry, y_t)`` over a time-major ``xs``.
+
+    A length-1 input (the decode step) calls ``body`` directly, so single-token
+    generation pays for no loop; longer inputs use ``lax.scan``. Both paths run
+    the same ``body``, which is what keeps decode and prefill numerically equal.
+    """
+    length = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if length == 1:
+        carry, y = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
+        return carry, jax.tree_util.tree_map(lambda a: a[None], y)
+    return jax.lax.scan(body, carry, xs)
+
+
+def time_major(x: Array) -> Array:
+    """``[B, T, ...] -> [T, B, ...]``."""
+    return jnp.swapaxes(x, 0, 1)
+
+
+def orthogonal(key: Array, shape: tuple[int, int], gain: float) -> Array:
+    """Orthogonal init (``torch.nn.init.orthogonal_``); exact zeros when ``gain == 0``."""
+    if gain == 0:
+        return jnp.zeros(shape, jnp.float32)
+    return jax.nn.initializers.orthogonal(scale=gain)(key, shape, jnp.float32)
+
+
+def ln_params(c: int) -> dict[str, Array]:
+    """Identity LayerNorm parameters."""
+    return {"weight": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}

@@ -1,0 +1,246 @@
+"""RWKV-4 as pure functions over a parameter pytree.
+
+Numerics follow the reference ``rwkv`` package (``att_seq``/``ffn_seq``): the
+WKV recurrence runs in float32 in log space (``a, b, p`` with ``p`` the running
+maximum exponent), so long prompts never overflow.
+
+Axis legend: ``B`` batch, ``T`` time, ``C`` d_model, ``F`` d_ffn, ``V`` vocab.
+
+Parameter layout (official names in brackets)::
+
+  emb.weight [V, C]                      (emb.weight)
+  ln0.{weight,bias} [C]                  (blocks.0.ln0.*)
+  blocks[i].ln1/ln2.{weight,bias} [C]
+  blocks[i].att.time_decay [C]           raw; the decay is -exp(time_decay)
+  blocks[i].att.time_first [C]
+  blocks[i].att.time_mix_{k,v,r} [C]     ([1, 1, C] in checkpoints)
+  blocks[i].att.{key,value,receptance,output}.weight [C, C]
+  blocks[i].ffn.time_mix_{k,r} [C]
+  blocks[i].ffn.key.weight [F, C], value.weight [C, F], receptance.weight [C, C]
+  ln_out.{weight,bias} [C], head.weight [V, C]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from prosg_jax.config import RWKVConfig
+from prosg_jax.models.layers import (
+    Deltas,
+    dense,
+    layer_norm,
+    ln_params,
+    orthogonal,
+    scan_time,
+    time_major,
+    token_shift,
+)
+
+# Initial running-max exponent of the WKV state: "minus infinity" that stays
+# finite so that exp(p - q) is exactly 0 without producing NaNs.
+_P_INIT = -1e30
+
+TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value",
+           "ffn.receptance")
+
+
+class LayerState(NamedTuple):
+    """Recurrent state of one RWKV-4 block, all float32 ``[B, C]``.
+
+    Attributes:
+      att_x: last LayerNorm-ed input of the time-mix (token shift).
+      att_a, att_b: WKV numerator and denominator, scaled by ``exp(-att_p)``.
+      att_p: running maximum exponent.
+      ffn_x: last LayerNorm-ed input of the channel-mix (token shift).
+    """
+
+    att_x: Float[Array, "B C"]
+    att_a: Float[Array, "B C"]
+    att_b: Float[Array, "B C"]
+    att_p: Float[Array, "B C"]
+    ffn_x: Float[Array, "B C"]
+
+
+def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
+    zeros = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
+    return LayerState(zeros, zeros, zeros, jnp.full_like(zeros, _P_INIT), zeros)
+
+
+def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
+    """A fresh state: no previous token, empty WKV memory."""
+    return tuple(init_layer_state(cfg, batch_size) for _ in range(cfg.n_layer))
+
+
+def init_params(key: Array, cfg: RWKVConfig) -> dict:
+    """BlinkDL's RWKV-4 initialisation (``RWKV-v4neo``), in float32."""
+    c, f, v, n_layer = cfg.d_model, cfg.d_ffn, cfg.vocab_size, cfg.n_layer
+    keys = jax.random.split(key, 3 + 2 * n_layer)
+    ramp = jnp.arange(c, dtype=jnp.float32) / c  # channel position in [0, 1)
+    blocks = []
+    for i in range(n_layer):
+        ratio_0_to_1 = i / max(n_layer - 1, 1)
+        ratio_1_to_almost0 = 1.0 - i / n_layer
+        h = jnp.arange(c, dtype=jnp.float32) / max(c - 1, 1)
+        zigzag = (jnp.asarray([(j + 1) % 3 - 1 for j in range(c)], jnp.float32)) * 0.5
+        k_att, k_ffn = keys[3 + 2 * i], keys[4 + 2 * i]
+        blocks.append(
+            {
+                "ln1": ln_params(c),
+                "ln2": ln_params(c),
+                "att": {
+                    "time_decay": -5.0 + 8.0 * h ** (0.7 + 1.3 * ratio_0_to_1),
+                    "time_first": jnp.full((c,), math.log(0.3), jnp.float32) + zigzag,
+                    "time_mix_k": ramp**ratio_1_to_almost0,
+                    "time_mix_v": ramp**ratio_1_to_almost0 + 0.3 * ratio_0_to_1,
+                    "time_mix_r": ramp ** (0.5 * ratio_1_to_almost0),
+                    # BlinkDL zero-initialises key, receptance and output.
+                    "key": {"weight": jnp.zeros((c, c), jnp.float32)},
+                    "value": {"weight": orthogonal(k_att, (c, c), 1.0)},
+                    "receptance": {"weight": jnp.zeros((c, c), jnp.float32)},
+                    "output": {"weight": jnp.zeros((c, c), jnp.float32)},
+                },
+                "ffn": {
+                    "time_mix_k": ramp**ratio_1_to_almost0,
+                    "time_mix_r": ramp**ratio_1_to_almost0,
+                    "key": {"weight": orthogonal(k_ffn, (f, c), math.sqrt(f / c) if f > c else 1)},
+                    "value": {"weight": jnp.zeros((c, f), jnp.float32)},
+                    "receptance": {"weight": jnp.zeros((c, c), jnp.float32)},
+                },
+            }
+        )
+    head_gain = 0.5 * (math.sqrt(v / c) if v > c else 1.0)
+    return {
+        "emb": {"weight": jax.random.uniform(keys[0], (v, c), jnp.float32, -1e-4, 1e-4)},
+        "ln0": ln_params(c),
+        "blocks": blocks,
+        "ln_out": ln_params(c),
+        "head": {"weight": orthogonal(keys[1], (v, c), head_gain)},
+    }
+
+
+def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """``(official key, path in our pytree, official shape)`` for every tensor."""
+    c, f, v = cfg.d_model, cfg.d_ffn, cfg.vocab_size
+    out = [
+        ("emb.weight", ("emb", "weight"), (v, c)),
+        ("blocks.0.ln0.weight", ("ln0", "weight"), (c,)),
+        ("blocks.0.ln0.bias", ("ln0", "bias"), (c,)),
+        ("ln_out.weight", ("ln_out", "weight"), (c,)),
+        ("ln_out.bias", ("ln_out", "bias"), (c,)),
+        ("head.weight", ("head", "weight"), (v, c)),
+    ]
+    for i in range(cfg.n_layer):
+        pre = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            for leaf in ("weight", "bias"):
+                out.append((f"{pre}{ln}.{leaf}", ("blocks", i, ln, leaf), (c,)))
+        for leaf, shape in (("time_decay", (c,)), ("time_first", (c,)),
+                            ("time_mix_k", (1, 1, c)), ("time_mix_v", (1, 1, c)),
+                            ("time_mix_r", (1, 1, c))):
+            out.append((f"{pre}att.{leaf}", ("blocks", i, "att", leaf), shape))
+        for mat in ("key", "value", "receptance", "output"):
+            out.append((f"{pre}att.{mat}.weight", ("blocks", i, "att", mat, "weight"), (c, c)))
+        for leaf in ("time_mix_k", "time_mix_r"):
+            out.append((f"{pre}ffn.{leaf}", ("blocks", i, "ffn", leaf), (1, 1, c)))
+        for mat, shape in (("key", (f, c)), ("value", (c, f)), ("receptance", (c, c))):
+            out.append((f"{pre}ffn.{mat}.weight", ("blocks", i, "ffn", mat, "weight"), shape))
+    return out
+
+
+def _wkv(
+    decay: Float[Array, "C"],
+    first: Float[Array, "C"],
+    k: Float[Array, "B T C"],
+    v: Float[Array, "B T C"],
+    state: tuple[Array, Array, Array],
+    reset: Bool[Array, "B T"] | None,
+) -> tuple[Float[Array, "B T C"], tuple[Array, Array, Array]]:
+    """The RWKV-4 WKV recurrence in float32 log space; only this part is scanned."""
+
+    def body(carry, inp):
+        a, b, p = carry
+        kt, vt, rt = inp
+        if rt is not None:  # a new sequence starts here: forget everything before it
+            a = jnp.where(rt[:, None], 0.0, a)
+            b = jnp.where(rt[:, None], 0.0, b)
+            p = jnp.where(rt[:, None], _P_INIT, p)
+        ww = first + kt
+        q = jnp.maximum(p, ww)
+        e1, e2 = jnp.exp(p - q), jnp.exp(ww - q)
+        y = (e1 * a + e2 * vt) / (e1 * b + e2)
+        ww = decay + p
+        q = jnp.maximum(ww, kt)
+        e1, e2 = jnp.exp(ww - q), jnp.exp(kt - q)
+        return (e1 * a + e2 * vt, e1 * b + e2, q), y
+
+    xs = (time_major(k), time_major(v), None if reset is None else time_major(reset))
+    state, y = scan_time(body, state, xs)
+    return time_major(y), state
+
+
+def _time_mix(p, x, state: LayerState, reset, name, deltas, taps):
+    sx = token_shift(x, state.att_x, reset)
+    mk, mv, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kvr")
+    k = dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", deltas, taps)
+    v = dense(x * mv + sx * (1 - mv), p["value"]["weight"], f"{name}.value", deltas, taps)
+    r = jax.nn.sigmoid(
+        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
+    )
+    decay = -jnp.exp(p["time_decay"].astype(jnp.float32))
+    y, (a, b, pp) = _wkv(
+        decay,
+        p["time_first"].astype(jnp.float32),
+        k.astype(jnp.float32),
+        v.astype(jnp.float32),
+        (state.att_a, state.att_b, state.att_p),
+        reset,
+    )
+    out = dense(r * y.astype(x.dtype), p["output"]["weight"], f"{name}.output", deltas, taps)
+    return out, (x[:, -1].astype(jnp.float32), a, b, pp)
+
+
+def _channel_mix(p, x, prev, reset, name, deltas, taps):
+    sx = token_shift(x, prev, reset)
+    mk, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kr")
+    r = jax.nn.sigmoid(
+        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
+    )
+    k = jnp.square(jax.nn.relu(dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key",
+                                     deltas, taps)))
+    out = r * dense(k, p["value"]["weight"], f"{name}.value", deltas, taps)
+    return out, x[:, -1].astype(jnp.float32)
+
+
+def block(
+    cfg: RWKVConfig,
+    i: int,
+    p: dict,
+    x: Float[Array, "B T C"],
+    state: LayerState,
+    reset: Bool[Array, "B T"] | None,
+    deltas: Deltas | None,
+    taps: dict | None,
+    v_first: None = None,
+) -> tuple[Float[Array, "B T C"], LayerState, None]:
+    """One RWKV-4 block: ``(x, state, deltas) -> (y, state)``.
+
+    ``v_first`` exists only so that both model versions share one block
+    signature (RWKV-7 threads its first layer's values through the stack).
+    """
+    name = f"blocks.{i}"
+    if taps is not None:
+        taps[f"{name}.hidden"] = x
+    att, (att_x, a, b, pp) = _time_mix(
+        p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", deltas, taps
+    )
+    x = x + att
+    ffn, ffn_x = _channel_mix(
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", deltas, taps
+    )
+    return x + ffn, LayerState(att_x, a, b, pp, ffn_x), v_first
+

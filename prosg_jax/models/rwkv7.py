@@ -1,0 +1,287 @@
+"""RWKV-7 ("Goose") as pure functions over a parameter pytree.
+
+Numerics follow the reference ``rwkv`` package (``RWKV_x070_TMix_seq`` /
+``RWKV_x070_CMix_seq``, fp32 CPU path). Each head keeps a matrix-valued state
+``S ∈ R^{N×N}`` (rows: value channels, columns: key channels) updated by the
+generalized delta rule::
+
+    S_t = S_{t-1} diag(w_t) + (S_{t-1} (-κ_t)) (κ_t ⊙ a_t)ᵀ + v_t k_tᵀ,   y_t = S_t r_t
+
+in float32. Only this recurrence is scanned; every projection is one matmul
+over the whole ``[B, T]`` block.
+
+Axis legend: ``B`` batch, ``T`` time, ``C`` d_model, ``H`` heads, ``N`` head
+size, ``F`` d_ffn, ``D*`` low-rank widths, ``V`` vocab.
+
+Parameter layout (official names, ``[1, 1, C]`` vectors squeezed to ``[C]``)::
+
+  emb.weight [V, C], ln0 [C] (blocks.0.ln0), ln_out [C], head.weight [V, C]
+  blocks[i].ln1/ln2.{weight,bias} [C]
+  blocks[i].att.x_{r,w,k,v,a,g} [C]
+  blocks[i].att.w0 [C], w1 [C, Dw], w2 [Dw, C]      decay
+  blocks[i].att.a0 [C], a1 [C, Da], a2 [Da, C]      in-context learning rate
+  blocks[i].att.v0 [C], v1 [C, Dv], v2 [Dv, C]      value residual (i > 0 only)
+  blocks[i].att.g1 [C, Dg], g2 [Dg, C]              output gate
+  blocks[i].att.k_k [C], k_a [C], r_k [H, N]
+  blocks[i].att.{receptance,key,value,output}.weight [C, C]
+  blocks[i].att.ln_x.{weight,bias} [C]
+  blocks[i].ffn.x_k [C], key.weight [F, C], value.weight [C, F]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from prosg_jax.config import RWKVConfig
+from prosg_jax.models.layers import (
+    Deltas,
+    dense,
+    group_norm_heads,
+    layer_norm,
+    ln_params,
+    orthogonal,
+    scan_time,
+    time_major,
+    token_shift,
+)
+
+TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value")
+
+_LN_X_EPS = 64e-5  # the reference GroupNorm eps (not torch's default)
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
+_DECAY_SCALE = math.exp(-0.5)  # w = exp(-e^{-1/2} σ(·)) keeps every decay in (e^{-0.61}, 1)
+_MIX = ("r", "w", "k", "v", "a", "g")
+
+
+class LayerState(NamedTuple):
+    """Recurrent state of one RWKV-7 block (float32).
+
+    Attributes:
+      att_x: ``[B, C]`` last LayerNorm-ed time-mix input (token shift).
+      wkv: ``[B, H, N, N]`` per-head state, rows = value, columns = key channels.
+      ffn_x: ``[B, C]`` last LayerNorm-ed channel-mix input.
+    """
+
+    att_x: Float[Array, "B C"]
+    wkv: Float[Array, "B H N N"]
+    ffn_x: Float[Array, "B C"]
+
+
+def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
+    zeros = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
+    wkv = jnp.zeros((batch_size, cfg.n_head, cfg.head_size, cfg.head_size), jnp.float32)
+    return LayerState(zeros, wkv, zeros)
+
+
+def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
+    """A fresh state: no previous token, empty WKV memory."""
+    return tuple(init_layer_state(cfg, batch_size) for _ in range(cfg.n_layer))
+
+
+def _ortho_lora(key, shape, scale):
+    gain = math.sqrt(shape[0] / shape[1]) if shape[0] > shape[1] else 1.0
+    return orthogonal(key, shape, gain * scale)
+
+
+def init_params(key: Array, cfg: RWKVConfig) -> dict:
+    """BlinkDL's RWKV-7 initialisation (``RWKV-v7/train_temp``), in float32."""
+    c, f, v, n_layer, n = cfg.d_model, cfg.d_ffn, cfg.vocab_size, cfg.n_layer, cfg.head_size
+    keys = iter(jax.random.split(key, 2 + 8 * n_layer))
+    ddd = jnp.arange(c, dtype=jnp.float32) / c
+    idx = jnp.arange(c, dtype=jnp.float32)
+    linear = idx / (c - 1) - 0.5
+    zigzag = ((idx % n) - (n - 1) / 2) / ((n - 1) / 2)
+    zigzag = zigzag * jnp.abs(zigzag)
+    blocks = []
+    for i in range(n_layer):
+        ratio_0_to_1 = i / max(n_layer - 1, 1)
+        ratio_1_to_almost0 = 1.0 - i / n_layer
+        mix_power = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}
+        att = {f"x_{m}": 1.0 - ddd ** (mix_power[m] * ratio_1_to_almost0) for m in _MIX}
+        www = -6.0 + 6.0 * (idx / (c - 1)) ** (1 + ratio_0_to_1**0.3)
+        att.update(
+            w0=www + 0.5 + zigzag * 2.5,
+            w1=jnp.zeros((c, cfg.d_decay_lora), jnp.float32),
+            w2=_ortho_lora(next(keys), (cfg.d_decay_lora, c), 0.1),
+            a0=-0.19 + zigzag * 0.3 + linear * 0.4,
+            a1=jnp.zeros((c, cfg.d_aaa_lora), jnp.float32),
+            a2=_ortho_lora(next(keys), (cfg.d_aaa_lora, c), 0.1),
+            g1=jnp.zeros((c, cfg.d_gate_lora), jnp.float32),
+            g2=_ortho_lora(next(keys), (cfg.d_gate_lora, c), 0.1),
+            k_k=0.71 - linear * 0.1,
+            k_a=jnp.full((c,), 1.02, jnp.float32),
+            r_k=jnp.full((cfg.n_head, n), -0.04, jnp.float32),
+            receptance={"weight": orthogonal(next(keys), (c, c), 1.0)},
+            key={"weight": orthogonal(next(keys), (c, c), 0.1)},
+            value={"weight": orthogonal(next(keys), (c, c), 1.0)},
+            output={"weight": jnp.zeros((c, c), jnp.float32)},
+            ln_x={
+                "weight": jnp.full((c,), ((1 + i) / n_layer) ** 0.7, jnp.float32),
+                "bias": jnp.zeros((c,), jnp.float32),
+            },
+        )
+        mv_key = next(keys)
+        if i > 0:  # layer 0 defines v_first and has no value residual
+            att.update(
+                v0=0.73 - linear * 0.4,
+                v1=jnp.zeros((c, cfg.d_mv_lora), jnp.float32),
+                v2=_ortho_lora(mv_key, (cfg.d_mv_lora, c), 0.1),
+            )
+        ffn = {
+            "x_k": 1.0 - ddd ** (ratio_1_to_almost0**4),
+            "key": {"weight": orthogonal(next(keys), (f, c), 1.0)},
+            "value": {"weight": jnp.zeros((c, f), jnp.float32)},
+        }
+        blocks.append({"ln1": ln_params(c), "ln2": ln_params(c), "att": att, "ffn": ffn})
+    head_gain = 0.5 * (math.sqrt(v / c) if v > c else 1.0)
+    return {
+        "emb": {"weight": jax.random.uniform(next(keys), (v, c), jnp.float32, -1e-4, 1e-4)},
+        "ln0": ln_params(c),
+        "blocks": blocks,
+        "ln_out": ln_params(c),
+        "head": {"weight": orthogonal(next(keys), (v, c), head_gain)},
+    }
+
+
+def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """``(official key, path in our pytree, official shape)`` for every tensor.
+
+    Official checkpoints may also hold ``blocks.0.att.v0/v1/v2``, which the
+    model never uses; the loader accepts and drops them.
+    """
+    c, f, v = cfg.d_model, cfg.d_ffn, cfg.vocab_size
+    vec = (1, 1, c)
+    out = [
+        ("emb.weight", ("emb", "weight"), (v, c)),
+        ("blocks.0.ln0.weight", ("ln0", "weight"), (c,)),
+        ("blocks.0.ln0.bias", ("ln0", "bias"), (c,)),
+        ("ln_out.weight", ("ln_out", "weight"), (c,)),
+        ("ln_out.bias", ("ln_out", "bias"), (c,)),
+        ("head.weight", ("head", "weight"), (v, c)),
+    ]
+    for i in range(cfg.n_layer):
+        pre = f"blocks.{i}."
+        att = ("blocks", i, "att")
+        for ln in ("ln1", "ln2"):
+            for leaf in ("weight", "bias"):
+                out.append((f"{pre}{ln}.{leaf}", ("blocks", i, ln, leaf), (c,)))
+        shapes = {f"x_{m}": vec for m in _MIX}
+        lora = {"w": cfg.d_decay_lora, "a": cfg.d_aaa_lora, "g": cfg.d_gate_lora}
+        if i > 0:
+            lora["v"] = cfg.d_mv_lora
+        for m, d in lora.items():
+            if m != "g":
+                shapes[f"{m}0"] = vec
+            shapes[f"{m}1"] = (c, d)
+            shapes[f"{m}2"] = (d, c)
+        shapes.update(k_k=vec, k_a=vec, r_k=(cfg.n_head, cfg.head_size))
+        for leaf, shape in shapes.items():
+            out.append((f"{pre}att.{leaf}", att + (leaf,), shape))
+        for mat in ("receptance", "key", "value", "output"):
+            out.append((f"{pre}att.{mat}.weight", att + (mat, "weight"), (c, c)))
+        for leaf in ("weight", "bias"):
+            out.append((f"{pre}att.ln_x.{leaf}", att + ("ln_x", leaf), (c,)))
+        out.append((f"{pre}ffn.x_k", ("blocks", i, "ffn", "x_k"), vec))
+        out.append((f"{pre}ffn.key.weight", ("blocks", i, "ffn", "key", "weight"), (f, c)))
+        out.append((f"{pre}ffn.value.weight", ("blocks", i, "ffn", "value", "weight"), (c, f)))
+    return out
+
+
+def _wkv(r, w, k, v, kk, a, state, reset):
+    """The generalized delta-rule recurrence over ``[B, T, H, N]`` float32 inputs."""
+
+    def body(s, inp):
+        rt, wt, kt, vt, kkt, at, reset_t = inp
+        if reset_t is not None:  # a new sequence starts here: empty memory
+            s = jnp.where(reset_t[:, None, None, None], 0.0, s)
+        sa = jnp.einsum("bhvk,bhk->bhv", s, -kkt)  # S (-κ)
+        s = (
+            s * wt[:, :, None, :]
+            + sa[..., None] * (kkt * at)[:, :, None, :]
+            + vt[..., None] * kt[:, :, None, :]
+        )
+        return s, jnp.einsum("bhvk,bhk->bhv", s, rt)
+
+    xs = tuple(time_major(t) for t in (r, w, k, v, kk, a)) + (
+        None if reset is None else time_major(reset),
+    )
+    state, y = scan_time(body, state, xs)
+    return time_major(y), state
+
+
+def _lora(x, p, m):
+    return (x @ p[f"{m}1"].astype(x.dtype)) @ p[f"{m}2"].astype(x.dtype)
+
+
+def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name, deltas, taps):
+    bsz, t, c = x.shape
+    h, n = cfg.n_head, cfg.head_size
+    dt = x.dtype
+    xx = token_shift(x, state.att_x, reset) - x
+    xr, xw, xk, xv, xa, xg = (x + xx * p[f"x_{m}"].astype(dt) for m in _MIX)
+
+    r = dense(xr, p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
+    k = dense(xk, p["key"]["weight"], f"{name}.key", deltas, taps)
+    v = dense(xv, p["value"]["weight"], f"{name}.value", deltas, taps)
+    w = jnp.tanh(xw @ p["w1"].astype(dt)) @ p["w2"].astype(dt)
+    a = jax.nn.sigmoid(p["a0"].astype(dt) + _lora(xa, p, "a"))
+    g = jax.nn.sigmoid(xg @ p["g1"].astype(dt)) @ p["g2"].astype(dt)
+
+    kk = (k * p["k_k"].astype(dt)).reshape(bsz, t, h, n).astype(jnp.float32)
+    kk = kk / jnp.maximum(jnp.linalg.norm(kk, axis=-1, keepdims=True), _NORM_EPS)
+    k = k * (1 + (a - 1) * p["k_a"].astype(dt))
+    if i == 0:
+        v_first = v
+    else:
+        v = v + (v_first - v) * jax.nn.sigmoid(p["v0"].astype(dt) + _lora(xv, p, "v"))
+    decay = jnp.exp(-_DECAY_SCALE * jax.nn.sigmoid((p["w0"].astype(dt) + w).astype(jnp.float32)))
+
+    def heads(z):
+        return z.reshape(bsz, t, h, n).astype(jnp.float32)
+
+    y, wkv = _wkv(heads(r), heads(decay), heads(k), heads(v), kk, heads(a), state.wkv, reset)
+    y = group_norm_heads(y.astype(dt), p["ln_x"]["weight"], p["ln_x"]["bias"], _LN_X_EPS)
+    bonus = (heads(r) * heads(k) * p["r_k"].astype(jnp.float32)).sum(-1, keepdims=True)
+    y = y + (bonus * heads(v)).reshape(bsz, t, c).astype(dt)
+    out = dense(y * g, p["output"]["weight"], f"{name}.output", deltas, taps)
+    return out, x[:, -1].astype(jnp.float32), wkv, v_first
+
+
+def _channel_mix(p, x, prev, reset, name, deltas, taps):
+    xx = token_shift(x, prev, reset) - x
+    k = x + xx * p["x_k"].astype(x.dtype)
+    k = jnp.square(jax.nn.relu(dense(k, p["key"]["weight"], f"{name}.key", deltas, taps)))
+    return dense(k, p["value"]["weight"], f"{name}.value", deltas, taps), x[:, -1].astype(
+        jnp.float32
+    )
+
+
+def block(
+    cfg: RWKVConfig,
+    i: int,
+    p: dict,
+    x: Float[Array, "B T C"],
+    state: LayerState,
+    reset: Bool[Array, "B T"] | None,
+    deltas: Deltas | None,
+    taps: dict | None,
+    v_first: Float[Array, "B T C"] | None,
+) -> tuple[Float[Array, "B T C"], LayerState, Float[Array, "B T C"]]:
+    """One RWKV-7 block: ``(x, state, deltas, v_first) -> (y, state, v_first)``."""
+    name = f"blocks.{i}"
+    if taps is not None:
+        taps[f"{name}.hidden"] = x
+    att, att_x, wkv, v_first = _time_mix(
+        cfg, i, p["att"], layer_norm(x, p["ln1"]), state, reset, v_first, f"{name}.att", deltas,
+        taps,
+    )
+    x = x + att
+    ffn, ffn_x = _channel_mix(
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", deltas, taps
+    )
+    return x + ffn, LayerState(att_x, wkv, ffn_x), v_first
