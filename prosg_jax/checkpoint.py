@@ -32,6 +32,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable, of an unknown layout, or inconsistent."""
 
 
+def _unsupported_format(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"unsupported checkpoint format {path.suffix!r}: use .pth or .safetensors"
+    )
+
+
 def _dtype_name(dtype) -> str:
     name = jnp.dtype(dtype).name
     if name not in ("float32", "bfloat16"):
@@ -91,7 +97,7 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         return _read_pth(path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    raise CheckpointError(f"unsupported checkpoint format {path.suffix!r}: use .pth or .safetensors")
+    raise _unsupported_format(path)
 
 
 def detect_version(keys) -> int:
@@ -200,3 +206,34 @@ def load_rwkv(path: str | Path, dtype=jnp.float32) -> tuple[RWKVConfig, dict]:
     tensors = read_tensors(path)
     cfg = config_from_tensors(tensors, name)
     return cfg, params_from_tensors(cfg, tensors, dtype=jnp.dtype(name))
+
+
+def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
+    """Writes ``params`` in the official key layout, atomically.
+
+    ``.safetensors`` needs only the base install; ``.pth`` needs torch. The
+    file appears under its final name only once fully written, so a crash
+    never leaves a truncated checkpoint behind.
+    """
+    path = Path(path)
+    tensors = {}
+    for key, tree_path, shape in model_module(cfg).checkpoint_layout(cfg):
+        leaf = params
+        for part in tree_path:
+            leaf = leaf[part]
+        tensors[key] = np.array(leaf, np.float32).reshape(shape)  # a writable copy
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(tmp))
+    elif path.suffix == ".pth":
+        try:
+            import torch
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise CheckpointError("writing .pth needs torch: pip install 'prosg_jax[torch]'") from e
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp)
+    else:
+        raise _unsupported_format(path)
+    tmp.replace(path)
+    return path

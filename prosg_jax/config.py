@@ -61,7 +61,9 @@ class RWKVConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"RWKVConfig.{name} must be positive, got {getattr(self, name)}")
         if self.dtype not in _DTYPES:
-            raise ValueError(f"RWKVConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise ValueError(
+                f"RWKVConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
         if self.version == 7:
             if self.head_size <= 0 or self.d_model % self.head_size:
                 raise ValueError(

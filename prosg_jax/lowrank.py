@@ -27,7 +27,7 @@ class LowRankDelta(NamedTuple):
 
     u: Float[Array, "B O R"]
     v: Float[Array, "B I R"]
-    scale: Float[Array, "..."]
+    scale: Float[Array, " ..."]
 
     @property
     def rank(self) -> int:

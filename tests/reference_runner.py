@@ -24,8 +24,9 @@ def main(version: str, ckpt: str, tokens_path: str, out: str) -> None:
 
     torch.set_num_threads(1)
     model_path = ckpt[: -len(".pth")] if version == "7" else ckpt
-    model = RWKV(model=model_path, strategy="cpu fp32", **({} if version == "7" else
-                                                             {"verbose": False}))
+    model = RWKV(
+        model=model_path, strategy="cpu fp32", **({} if version == "7" else {"verbose": False})
+    )
     tokens = np.load(tokens_path)
     seq, step, states = [], [], []
     for row in tokens.tolist():

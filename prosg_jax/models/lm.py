@@ -44,9 +44,7 @@ def init_state(cfg: RWKVConfig, batch_size: int) -> State:
 
 def target_names(cfg: RWKVConfig) -> tuple[str, ...]:
     """Every linear map that accepts a low-rank delta, e.g. ``"blocks.0.att.key"``."""
-    return tuple(
-        f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in model_module(cfg).TARGETS
-    )
+    return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in model_module(cfg).TARGETS)
 
 
 def _is_concrete(x) -> bool:
@@ -167,8 +165,13 @@ def forward(
         if unknown:
             raise ValueError(f"deltas name unknown target(s) {unknown[:3]}; see target_names(cfg)")
     logits, state, _ = _forward_jit(
-        cfg, params, jnp.asarray(tokens, jnp.int32), state, deltas,
-        None if positions is None else jnp.asarray(positions, jnp.int32), capture=False,
+        cfg,
+        params,
+        jnp.asarray(tokens, jnp.int32),
+        state,
+        deltas,
+        None if positions is None else jnp.asarray(positions, jnp.int32),
+        capture=False,
     )
     return logits, state
 
@@ -176,7 +179,7 @@ def forward(
 def step(
     cfg: RWKVConfig,
     params: dict,
-    token: Int[Array, "B"],
+    token: Int[Array, " B"],
     state: State,
     *,
     deltas: Deltas | None = None,

@@ -45,8 +45,15 @@ from prosg_jax.models.layers import (
 # finite so that exp(p - q) is exactly 0 without producing NaNs.
 _P_INIT = -1e30
 
-TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value",
-           "ffn.receptance")
+TARGETS = (
+    "att.key",
+    "att.value",
+    "att.receptance",
+    "att.output",
+    "ffn.key",
+    "ffn.value",
+    "ffn.receptance",
+)
 
 
 class LayerState(NamedTuple):
@@ -139,9 +146,13 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
         for ln in ("ln1", "ln2"):
             for leaf in ("weight", "bias"):
                 out.append((f"{pre}{ln}.{leaf}", ("blocks", i, ln, leaf), (c,)))
-        for leaf, shape in (("time_decay", (c,)), ("time_first", (c,)),
-                            ("time_mix_k", (1, 1, c)), ("time_mix_v", (1, 1, c)),
-                            ("time_mix_r", (1, 1, c))):
+        for leaf, shape in (
+            ("time_decay", (c,)),
+            ("time_first", (c,)),
+            ("time_mix_k", (1, 1, c)),
+            ("time_mix_v", (1, 1, c)),
+            ("time_mix_r", (1, 1, c)),
+        ):
             out.append((f"{pre}att.{leaf}", ("blocks", i, "att", leaf), shape))
         for mat in ("key", "value", "receptance", "output"):
             out.append((f"{pre}att.{mat}.weight", ("blocks", i, "att", mat, "weight"), (c, c)))
@@ -153,8 +164,8 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
 
 
 def _wkv(
-    decay: Float[Array, "C"],
-    first: Float[Array, "C"],
+    decay: Float[Array, " C"],
+    first: Float[Array, " C"],
     k: Float[Array, "B T C"],
     v: Float[Array, "B T C"],
     state: tuple[Array, Array, Array],
@@ -210,8 +221,9 @@ def _channel_mix(p, x, prev, reset, name, deltas, taps):
     r = jax.nn.sigmoid(
         dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
     )
-    k = jnp.square(jax.nn.relu(dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key",
-                                     deltas, taps)))
+    k = jnp.square(
+        jax.nn.relu(dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", deltas, taps))
+    )
     out = r * dense(k, p["value"]["weight"], f"{name}.value", deltas, taps)
     return out, x[:, -1].astype(jnp.float32)
 
@@ -243,4 +255,3 @@ def block(
         p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", deltas, taps
     )
     return x + ffn, LayerState(att_x, a, b, pp, ffn_x), v_first
-

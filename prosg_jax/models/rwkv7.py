@@ -277,7 +277,15 @@ def block(
     if taps is not None:
         taps[f"{name}.hidden"] = x
     att, att_x, wkv, v_first = _time_mix(
-        cfg, i, p["att"], layer_norm(x, p["ln1"]), state, reset, v_first, f"{name}.att", deltas,
+        cfg,
+        i,
+        p["att"],
+        layer_norm(x, p["ln1"]),
+        state,
+        reset,
+        v_first,
+        f"{name}.att",
+        deltas,
         taps,
     )
     x = x + att

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny RWKV models with random (not zero-initialised) weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import pytest
+
+# Tests compare float32 results at 1e-5..1e-4; keep XLA from using bf16 passes.
+jax.config.update("jax_default_matmul_precision", "highest")
+sys.path.insert(0, os.path.dirname(__file__))
+
+from official_ckpt import random_tensors  # noqa: E402
+
+from prosg_jax.checkpoint import config_from_tensors, params_from_tensors  # noqa: E402
+
+
+def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):
+    """(cfg, params) of a small random model built from an official-layout dict."""
+    tensors = random_tensors(version, seed=seed, **shape)
+    cfg = config_from_tensors(tensors, dtype)
+    return cfg, params_from_tensors(cfg, tensors, dtype=jax.numpy.dtype(dtype))
+
+
+@pytest.fixture(params=[4, 7], ids=["rwkv4", "rwkv7"])
+def model(request):
+    """A tiny random model of each version (vocab 97, C 128, 2 layers)."""
+    return tiny_model(request.param)
