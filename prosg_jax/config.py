@@ -133,3 +133,99 @@ class RWKVConfig:
             d_ffn=d_ffn or 4 * d_model,
             dtype=dtype,
         )
+
+
+def model_config_from_dict(d) -> RWKVConfig:
+    """Builds the frozen :class:`RWKVConfig` from an experiment config's ``model`` dict.
+
+    Keys: ``version`` (4 or 7), ``vocab_size``, ``d_model``, ``n_layer``,
+    optional ``d_ffn``, ``head_size`` (RWKV-7) and ``dtype``.
+    """
+    d = dict(d)
+    version = d.pop("version", None)
+    if version == 4:
+        d.pop("head_size", None)
+        return RWKVConfig.rwkv4(**d)
+    if version == 7:
+        return RWKVConfig.rwkv7(**d)
+    raise ValueError(f"config.model.version must be 4 or 7, got {version!r}")
+
+
+METHODS = ("none", "prosg", "true_grad", "repeat_prompt")
+POOLINGS = ("query", "sketch", "power")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProSGConfig:
+    """How a prompt becomes per-example weight deltas (one flag per ablation).
+
+    Attributes:
+      method: ``"none"`` (base model), ``"prosg"`` (synthetic gradients),
+        ``"true_grad"`` (test-time training: real gradient steps on the prompt's
+        own next-token loss, truncated to rank r) or ``"repeat_prompt"`` (the
+        prompt is read twice; no deltas).
+      rank: rank ``r`` of every delta.
+      matrices: target matrix names within a block, e.g. ``("att.value",)``.
+      layers: target layer indices; ``None`` means every layer.
+      sg_hidden: hidden width of the SG module's δ̂ predictor.
+      key_dim: width of the pooling keys κ(h_t) (``"query"`` pooling).
+      pooling: ``"query"`` (r learned queries softmax-pool the positions),
+        ``"sketch"`` (Gaussian sketch of the position axis, unbiased for
+        Σ δ̂ xᵀ) or ``"power"`` (best rank-r truncation of Σ δ̂ xᵀ by power
+        iterations on the factored form).
+      power_iters: subspace iterations for ``"power"`` and ``true_grad``.
+      sketch_seed: seed of the fixed sketch / power-iteration start matrices.
+      true_grad_steps: gradient steps ``k`` of ``true_grad``.
+      true_grad_lr: learning rate ``η`` of ``true_grad``.
+      sg_match_weight: weight of the synthetic-gradient matching loss (0: off).
+      sg_match_lr: step size that turns the true continuation gradient into the
+        update ``-η G`` the SG deltas are pulled toward.
+      train_base: whether the continuation loss also trains the base model.
+    """
+
+    method: str = "prosg"
+    rank: int = 8
+    matrices: tuple[str, ...] = ("att.value", "att.output", "ffn.value")
+    layers: tuple[int, ...] | None = None
+    sg_hidden: int = 64
+    key_dim: int = 32
+    pooling: str = "query"
+    power_iters: int = 2
+    sketch_seed: int = 0
+    true_grad_steps: int = 1
+    true_grad_lr: float = 1.0
+    sg_match_weight: float = 0.0
+    sg_match_lr: float = 1.0
+    train_base: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"ProSGConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ProSGConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("rank", "sg_hidden", "key_dim", "power_iters", "true_grad_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ProSGConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.matrices:
+            raise ValueError("ProSGConfig.matrices must name at least one target matrix")
+        object.__setattr__(self, "matrices", tuple(self.matrices))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+
+    def targets(self, model: RWKVConfig) -> tuple[str, ...]:
+        """The target paths (``"blocks.i.att.value"``) this config selects in ``model``.
+
+        Raises:
+          ValueError: a matrix the model does not have, or a layer out of range.
+        """
+        from prosg_jax.models.lm import model_module  # avoid an import cycle
+
+        valid = model_module(model).TARGETS
+        bad = [m for m in self.matrices if m not in valid]
+        if bad:
+            raise ValueError(f"RWKV-{model.version} has no target matrix {bad}; choose from {valid}")
+        layers = range(model.n_layer) if self.layers is None else self.layers
+        out_of_range = [i for i in layers if not 0 <= i < model.n_layer]
+        if out_of_range:
+            raise ValueError(f"target layers {out_of_range} outside [0, {model.n_layer})")
+        return tuple(f"blocks.{i}.{m}" for i in layers for m in self.matrices)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -55,3 +56,81 @@ def apply_delta(
     if scale.ndim:  # per-example scale [B] broadcast over time and features
         scale = scale.reshape((batch,) + (1,) * (d.ndim - 1))
     return y + scale * d
+
+
+def materialize(delta: LowRankDelta, b: int) -> Float[Array, "O I"]:
+    """Example ``b``'s dense ``ΔW = scale_b U_b V_bᵀ`` (tests and inspection only)."""
+    scale = jnp.asarray(delta.scale)
+    s = scale[b] if scale.ndim else scale
+    return s * delta.u[b] @ delta.v[b].T
+
+
+def merge(params: dict, deltas: dict[str, LowRankDelta], b: int) -> dict:
+    """A copy of ``params`` with example ``b``'s deltas added to the weights (for export)."""
+    merged = _copy_tree(params)
+    for name, delta in deltas.items():
+        leaf = _weight_holder(merged, name)
+        leaf["weight"] = (leaf["weight"] + materialize(delta, b)).astype(leaf["weight"].dtype)
+    return merged
+
+
+def weight(params: dict, name: str) -> Array:
+    """The ``[d_out, d_in]`` weight of target ``name`` (``"blocks.3.att.value"``)."""
+    return _weight_holder(params, name)["weight"]
+
+
+def _weight_holder(params: dict, name: str) -> dict:
+    node = params
+    for part in name.split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    return node
+
+
+def _copy_tree(tree):
+    if isinstance(tree, dict):
+        return {k: _copy_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_copy_tree(v) for v in tree]
+    return tree
+
+
+def _orthonormal(y: Array) -> Array:
+    return jnp.linalg.qr(y, mode="reduced")[0]
+
+
+def truncate_operator(apply, apply_t, omega: Float[Array, "I R"], iters: int):
+    """Rank-r factors ``(U [.., O, R], V [.., I, R])`` with ``U Vᵀ ≈ G``, touching G only by products.
+
+    Randomised subspace iteration (Halko et al. 2011): ``Q = orth(G Ω)``,
+    ``iters`` times ``Q = orth(G Gᵀ Q)``, then ``U = Q``, ``V = Gᵀ Q``, so
+    ``U Vᵀ = Q Qᵀ G`` — exact when ``R >= rank(G)``, the best rank-R
+    approximation as the iterations converge. ``apply(z) = G z`` and
+    ``apply_t(y) = Gᵀ y`` may carry leading batch axes.
+    """
+    q = _orthonormal(apply(omega))
+    for _ in range(iters):
+        q = _orthonormal(apply(_orthonormal(apply_t(q))))
+    return q, apply_t(q)
+
+
+def truncate(g: Float[Array, "*B O I"], rank: int, *, key: Array, iters: int = 2):
+    """Best rank-``rank`` factors ``(U, V)`` of a dense matrix (or batch of them).
+
+    ``rank`` is clipped to ``min(O, I)``, where the result is exact.
+    """
+    rank = min(rank, g.shape[-1], g.shape[-2])
+    omega = jax.random.normal(key, (g.shape[-1], rank), g.dtype)
+    return truncate_operator(
+        lambda z: g @ z, lambda y: jnp.swapaxes(g, -1, -2) @ y, omega, iters
+    )
+
+
+def truncate_factored(
+    d: Float[Array, "*B P O"], x: Float[Array, "*B P I"], rank: int, *, key: Array, iters: int
+):
+    """Rank-``rank`` factors of ``G = Σ_t d_t x_tᵀ`` without forming the O×I matrix."""
+    rank = min(rank, d.shape[-1], x.shape[-1])
+    omega = jax.random.normal(key, (x.shape[-1], rank), x.dtype)
+    dt = jnp.swapaxes(d, -1, -2)
+    xt = jnp.swapaxes(x, -1, -2)
+    return truncate_operator(lambda z: dt @ (x @ z), lambda y: xt @ (d @ y), omega, iters)
