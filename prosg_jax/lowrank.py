@@ -99,7 +99,7 @@ def _orthonormal(y: Array) -> Array:
 
 
 def truncate_operator(apply, apply_t, omega: Float[Array, "I R"], iters: int):
-    """Rank-r factors ``(U [.., O, R], V [.., I, R])`` with ``U Vᵀ ≈ G``, touching G only by products.
+    """Rank-r factors ``(U [.., O, R], V [.., I, R])``, ``U Vᵀ ≈ G``, from products with G.
 
     Randomised subspace iteration (Halko et al. 2011): ``Q = orth(G Ω)``,
     ``iters`` times ``Q = orth(G Gᵀ Q)``, then ``U = Q``, ``V = Gᵀ Q``, so
@@ -120,9 +120,7 @@ def truncate(g: Float[Array, "*B O I"], rank: int, *, key: Array, iters: int = 2
     """
     rank = min(rank, g.shape[-1], g.shape[-2])
     omega = jax.random.normal(key, (g.shape[-1], rank), g.dtype)
-    return truncate_operator(
-        lambda z: g @ z, lambda y: jnp.swapaxes(g, -1, -2) @ y, omega, iters
-    )
+    return truncate_operator(lambda z: g @ z, lambda y: jnp.swapaxes(g, -1, -2) @ y, omega, iters)
 
 
 def truncate_factored(

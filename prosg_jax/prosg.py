@@ -36,6 +36,7 @@ Axis legend: ``B`` batch, ``P`` prompt length, ``K`` continuation length,
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -48,6 +49,7 @@ from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.lowrank import LowRankDelta, truncate, truncate_factored, weight
 from prosg_jax.models.layers import layer_norm, ln_params
 from prosg_jax.models.lm import State, check_tokens, forward_core, init_state
+from prosg_jax.sampling import check_sampling_args, decode
 
 Deltas = dict[str, LowRankDelta]
 
@@ -73,6 +75,19 @@ class PromptStates(NamedTuple):
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+def _check_sg_params(model_cfg: RWKVConfig, prosg_cfg: ProSGConfig, sg_params) -> None:
+    if prosg_cfg.method != "prosg":
+        return
+    if sg_params is None:
+        raise ValueError("method='prosg' needs sg_params from prosg_jax.prosg.init")
+    missing = [t for t in prosg_cfg.targets(model_cfg) if t not in sg_params]
+    if missing:
+        raise ValueError(
+            f"sg_params has no entry for target(s) {missing[:3]}: initialise them with the "
+            "same ProSGConfig (targets)"
+        )
 
 
 def _check_prompts(cfg: RWKVConfig, prompts, prompt_lengths) -> None:
@@ -229,8 +244,11 @@ def compress(
         s = _sketch(positions, mask, prosg_cfg.rank, prosg_cfg.sketch_seed)
         return jnp.einsum("bpo,bpr->bor", delta_hat, s), jnp.einsum("bpi,bpr->bir", x, s)
     return truncate_factored(
-        jnp.where(m, delta_hat, 0.0), jnp.where(m, x, 0.0), prosg_cfg.rank,
-        key=jax.random.key(prosg_cfg.sketch_seed), iters=prosg_cfg.power_iters,
+        jnp.where(m, delta_hat, 0.0),
+        jnp.where(m, x, 0.0),
+        prosg_cfg.rank,
+        key=jax.random.key(prosg_cfg.sketch_seed),
+        iters=prosg_cfg.power_iters,
     )
 
 
@@ -244,8 +262,9 @@ def synthetic_deltas(
         layer = int(block.split(".")[1])
         sg = sg_params[name]
         delta_hat, z = predict_errors(model_cfg, sg, states.hidden[block], states.state[layer])
-        u, v = compress(prosg_cfg, sg, delta_hat, states.inputs[name], z, states.mask,
-                        states.positions)
+        u, v = compress(
+            prosg_cfg, sg, delta_hat, states.inputs[name], z, states.mask, states.positions
+        )
         deltas[name] = LowRankDelta(u=u, v=v, scale=sg["scale"])
     return deltas
 
@@ -305,7 +324,12 @@ def true_grad_deltas(
 
     def loss_one(p, b):
         logits, _, _ = forward_core(
-            model_cfg, p, tokens[b][None], init_state(model_cfg, 1), None, positions[b][None],
+            model_cfg,
+            p,
+            tokens[b][None],
+            init_state(model_cfg, 1),
+            None,
+            positions[b][None],
             capture=False,
         )
         return masked_cross_entropy(logits[:, :-1], tokens[b][None, 1:], pair_mask[b][None])
@@ -317,8 +341,12 @@ def true_grad_deltas(
         dense = {n: dense[n] - prosg_cfg.true_grad_lr * grads[n] for n in targets}
     deltas = {}
     for i, n in enumerate(targets):
-        u, v = truncate(dense[n], prosg_cfg.rank, key=jax.random.fold_in(
-            jax.random.key(prosg_cfg.sketch_seed), i), iters=prosg_cfg.power_iters)
+        u, v = truncate(
+            dense[n],
+            prosg_cfg.rank,
+            key=jax.random.fold_in(jax.random.key(prosg_cfg.sketch_seed), i),
+            iters=prosg_cfg.power_iters,
+        )
         deltas[n] = LowRankDelta(u=u, v=v, scale=jnp.ones((), jnp.float32))
     return deltas
 
@@ -335,7 +363,12 @@ def _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths):
     if prosg_cfg.method in ("none", "repeat_prompt"):
         tokens, positions, _ = left_align(prompts, prompt_lengths)
         logits, state, _ = forward_core(
-            model_cfg, params, tokens, init_state(model_cfg, tokens.shape[0]), None, positions,
+            model_cfg,
+            params,
+            tokens,
+            init_state(model_cfg, tokens.shape[0]),
+            None,
+            positions,
             capture=False,
         )
         return None, state, logits[:, -1]
@@ -373,17 +406,79 @@ def derive_deltas(
       generation continues from. For ``prosg`` no gradient is taken anywhere.
     """
     _check_prompts(model_cfg, prompts, prompt_lengths)
-    if prosg_cfg.method == "prosg":
-        if sg_params is None:
-            raise ValueError("method='prosg' needs sg_params from prosg_jax.prosg.init")
-        missing = [t for t in prosg_cfg.targets(model_cfg) if t not in sg_params]
-        if missing:
-            raise ValueError(
-                f"sg_params has no entry for target(s) {missing[:3]}: initialise them with the "
-                "same ProSGConfig (targets)"
-            )
+    _check_sg_params(model_cfg, prosg_cfg, sg_params)
     deltas, state, _ = _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
     return deltas, state
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_cfg", "prosg_cfg", "max_new_tokens", "temperature", "top_k", "eos_id"),
+)
+def _generate(
+    model_cfg,
+    params,
+    sg_params,
+    prosg_cfg,
+    prompts,
+    prompt_lengths,
+    key,
+    max_new_tokens,
+    temperature,
+    top_k,
+    eos_id,
+):
+    deltas, state, last = _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
+    return decode(
+        model_cfg,
+        params,
+        last,
+        state,
+        deltas,
+        key,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        eos_id=eos_id,
+    )
+
+
+def generate(
+    model_cfg: RWKVConfig,
+    params: dict,
+    sg_params: dict | None,
+    prosg_cfg: ProSGConfig,
+    prompts: Int[Array, "B P"],
+    prompt_lengths: Int[Array, " B"],
+    *,
+    max_new_tokens: int,
+    key: Array | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    eos_id: int | None = None,
+) -> Int[Array, "B G"]:
+    """Jitted batch generation under ``prosg_cfg.method``, with per-example deltas.
+
+    The prompt is read once by the base model (twice for ``repeat_prompt``);
+    its deltas then apply to every generated token. Arguments as in
+    :func:`derive_deltas` and :func:`prosg_jax.generate`.
+    """
+    _check_prompts(model_cfg, prompts, prompt_lengths)
+    check_sampling_args(model_cfg, max_new_tokens, temperature, top_k, key)
+    _check_sg_params(model_cfg, prosg_cfg, sg_params)
+    return _generate(
+        model_cfg,
+        params,
+        sg_params,
+        prosg_cfg,
+        jnp.asarray(prompts, jnp.int32),
+        jnp.asarray(prompt_lengths, jnp.int32),
+        jax.random.key(0) if key is None else key,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        eos_id=eos_id,
+    )
 
 
 class Batch(NamedTuple):
@@ -408,7 +503,11 @@ def _continuation_ce(model_cfg, params, deltas, state, batch: Batch):
 
 
 def sg_match_loss(
-    model_cfg: RWKVConfig, params: dict, prosg_cfg: ProSGConfig, deltas: Deltas, state,
+    model_cfg: RWKVConfig,
+    params: dict,
+    prosg_cfg: ProSGConfig,
+    deltas: Deltas,
+    state,
     batch: Batch,
 ) -> Float[Array, ""]:
     """Pulls each ``ΔW = s U Vᵀ`` toward the rank-r true update ``-η ∂L_cont/∂W``.
@@ -433,8 +532,12 @@ def sg_match_loss(
     )
     total = 0.0
     for i, n in enumerate(names):
-        u, v = truncate(-prosg_cfg.sg_match_lr * grads[n], prosg_cfg.rank, key=jax.random.fold_in(
-            jax.random.key(prosg_cfg.sketch_seed), i), iters=prosg_cfg.power_iters)
+        u, v = truncate(
+            -prosg_cfg.sg_match_lr * grads[n],
+            prosg_cfg.rank,
+            key=jax.random.fold_in(jax.random.key(prosg_cfg.sketch_seed), i),
+            iters=prosg_cfg.power_iters,
+        )
         target = jnp.einsum("bor,bir->boi", u, v)
         err = jnp.square(dense[n] - target).sum((1, 2))
         total = total + (err / (jnp.square(target).sum((1, 2)) + 1e-12)).mean()

@@ -59,17 +59,24 @@ def _pick(logits: Array, key: Array, temperature: float, top_k: int) -> Array:
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id")
-)
-def _generate(
-    cfg, params, tokens, positions, deltas, key, max_new_tokens, temperature, top_k, eos_id
-):
-    batch = tokens.shape[0]
-    logits, state, _ = forward_core(
-        cfg, params, tokens, init_state(cfg, batch), deltas, positions, capture=False
-    )
-    last = logits[:, -1]
+def decode(
+    cfg: RWKVConfig,
+    params: dict,
+    last_logits,
+    state,
+    deltas: Deltas | None,
+    key: Array,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    eos_id: int | None,
+) -> Int[Array, "B G"]:
+    """The decode loop: a ``lax.scan`` of single steps from a prefilled state.
+
+    ``last_logits`` ``[B, V]`` are the logits after the last prompt token. Call
+    it under ``jit`` (as :func:`generate` and ``prosg.generate`` do).
+    """
 
     def body(carry, key_t):
         last, state, done = carry
@@ -80,9 +87,44 @@ def _generate(
         logits, state, _ = forward_core(cfg, params, tok[:, None], state, deltas, None, False)
         return (logits[:, 0], state, done), tok
 
-    done = jnp.zeros((batch,), bool)
-    _, out = jax.lax.scan(body, (last, state, done), jax.random.split(key, max_new_tokens))
+    done = jnp.zeros((last_logits.shape[0],), bool)
+    _, out = jax.lax.scan(body, (last_logits, state, done), jax.random.split(key, max_new_tokens))
     return out.T
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "eos_id")
+)
+def _generate(
+    cfg, params, tokens, positions, deltas, key, max_new_tokens, temperature, top_k, eos_id
+):
+    logits, state, _ = forward_core(
+        cfg, params, tokens, init_state(cfg, tokens.shape[0]), deltas, positions, capture=False
+    )
+    return decode(
+        cfg,
+        params,
+        logits[:, -1],
+        state,
+        deltas,
+        key,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        eos_id=eos_id,
+    )
+
+
+def check_sampling_args(cfg: RWKVConfig, max_new_tokens, temperature, top_k, key) -> None:
+    """Raises ``ValueError`` for sampling arguments that cannot work."""
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature > 0 and key is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key")
+    if not 0 <= top_k <= cfg.vocab_size:
+        raise ValueError(f"top_k must be in [0, {cfg.vocab_size}], got {top_k}")
 
 
 def generate(
@@ -115,14 +157,7 @@ def generate(
       ``int32[B, G]`` generated ids.
     """
     check_tokens(cfg, tokens, ndim=2)
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature > 0 and key is None:
-        raise ValueError("sampling with temperature > 0 needs a PRNG key")
-    if not 0 <= top_k <= cfg.vocab_size:
-        raise ValueError(f"top_k must be in [0, {cfg.vocab_size}], got {top_k}")
+    check_sampling_args(cfg, max_new_tokens, temperature, top_k, key)
     if key is None:
         key = jax.random.key(0)  # unused by greedy decoding
     return _generate(

@@ -97,12 +97,12 @@ def test_example_isolation(model, pooling):
     for name in a:
         for i in (1, 2):
             np.testing.assert_allclose(
-                np.asarray(materialize(a[name], i)), np.asarray(materialize(b[name], i)),
-                atol=1e-6, rtol=0,
+                np.asarray(materialize(a[name], i)),
+                np.asarray(materialize(b[name], i)),
+                atol=1e-6,
+                rtol=0,
             )
-    assert any(
-        not np.allclose(materialize(a[n], 0), materialize(b[n], 0), atol=1e-4) for n in a
-    )
+    assert any(not np.allclose(materialize(a[n], 0), materialize(b[n], 0), atol=1e-4) for n in a)
 
 
 def _scans(jaxpr):
@@ -124,8 +124,8 @@ def test_derive_deltas_is_jittable_vmappable_and_gradient_free(model, monkeypatc
     sg = _sg(cfg, pc)
     prompts, lengths = _prompts()
 
-    def run(p, l):
-        return prosg.derive_deltas(cfg, params, sg, pc, p, l)[0]
+    def run(p, n):
+        return prosg.derive_deltas(cfg, params, sg, pc, p, n)[0]
 
     eager = run(prompts, lengths)
     jitted = jax.jit(run)(prompts, lengths)
@@ -139,8 +139,11 @@ def test_derive_deltas_is_jittable_vmappable_and_gradient_free(model, monkeypatc
     assert not any(e.params["reverse"] for e in scans)
     # The same detector fires on the path that does take gradients.
     tg = ProSGConfig(method="true_grad", rank=4)
-    tg_scans = _scans(jax.make_jaxpr(
-        lambda p, l: prosg.derive_deltas(cfg, params, None, tg, p, l)[0])(prompts, lengths).jaxpr)
+    tg_scans = _scans(
+        jax.make_jaxpr(lambda p, n: prosg.derive_deltas(cfg, params, None, tg, p, n)[0])(
+            prompts, lengths
+        ).jaxpr
+    )
     assert any(e.params["reverse"] for e in tg_scans)
     # And no autodiff entry point is even called while deriving ProSG deltas.
     for name in ("grad", "value_and_grad", "vjp", "jvp", "linearize"):
@@ -155,10 +158,12 @@ def test_gradients_reach_every_sg_param_and_no_frozen_base_param(model):
     prompts, lengths = _prompts()
     rng = np.random.default_rng(2)
     inputs = jnp.asarray(rng.integers(0, 97, (3, 8)), jnp.int32)
-    batch = prosg.Batch(prompts, lengths, inputs, jnp.roll(inputs, -1, 1),
-                        jnp.ones((3, 8), jnp.float32))
-    grads = jax.grad(lambda p, s: prosg.continuation_loss(cfg, p, s, pc, batch)[0],
-                     argnums=(0, 1))(params, sg)
+    batch = prosg.Batch(
+        prompts, lengths, inputs, jnp.roll(inputs, -1, 1), jnp.ones((3, 8), jnp.float32)
+    )
+    grads = jax.grad(lambda p, s: prosg.continuation_loss(cfg, p, s, pc, batch)[0], argnums=(0, 1))(
+        params, sg
+    )
     base_g, sg_g = grads
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(base_g))
     for path, g in jax.tree_util.tree_leaves_with_path(sg_g):
@@ -174,15 +179,24 @@ def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
     sg = _sg(cfg, pc, scale=0.3)
     prompts, lengths = _prompts()
     inputs = jnp.asarray(np.random.default_rng(3).integers(0, 97, (3, 6)), jnp.int32)
-    batch = prosg.Batch(prompts, lengths, inputs, jnp.roll(inputs, -1, 1),
-                        jnp.ones((3, 6), jnp.float32))
+    batch = prosg.Batch(
+        prompts, lengths, inputs, jnp.roll(inputs, -1, 1), jnp.ones((3, 6), jnp.float32)
+    )
     loss, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch)
     assert float(metrics["sg_match"]) > 0
-    np.testing.assert_allclose(float(loss), float(metrics["ce"] + 0.5 * metrics["sg_match"]),
-                               rtol=1e-6)
-    g = jax.grad(lambda s: prosg.sg_match_loss(
-        cfg, params, pc, prosg.derive_deltas(cfg, params, s, pc, prompts, lengths)[0],
-        prosg.derive_deltas(cfg, params, s, pc, prompts, lengths)[1], batch))(sg)
+    np.testing.assert_allclose(
+        float(loss), float(metrics["ce"] + 0.5 * metrics["sg_match"]), rtol=1e-6
+    )
+    g = jax.grad(
+        lambda s: prosg.sg_match_loss(
+            cfg,
+            params,
+            pc,
+            prosg.derive_deltas(cfg, params, s, pc, prompts, lengths)[0],
+            prosg.derive_deltas(cfg, params, s, pc, prompts, lengths)[1],
+            batch,
+        )
+    )(sg)
     assert float(jnp.abs(g["blocks.1.att.output"]["w_out"]).max()) > 0
     off_cfg = ProSGConfig(rank=2, matrices=("att.output",), layers=(1,))
     _, off = prosg.continuation_loss(cfg, params, sg, off_cfg, batch)
@@ -191,8 +205,13 @@ def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
 
 def test_true_grad_full_rank_equals_one_sgd_step():
     cfg, params = tiny_model(7, c=128, ffn=128, n_layer=2)
-    pc = ProSGConfig(method="true_grad", rank=128, matrices=("att.value", "ffn.value"),
-                     layers=(1,), true_grad_lr=0.5)
+    pc = ProSGConfig(
+        method="true_grad",
+        rank=128,
+        matrices=("att.value", "ffn.value"),
+        layers=(1,),
+        true_grad_lr=0.5,
+    )
     prompts, lengths = _prompts(b=1, p=10)
     deltas, _ = prosg.derive_deltas(cfg, params, None, pc, prompts, lengths)
 
@@ -213,13 +232,15 @@ def test_true_grad_full_rank_equals_one_sgd_step():
 def test_repeat_prompt_equals_reading_the_prompt_twice(model):
     cfg, params = model
     prompts, lengths = _prompts()
-    _, state = prosg.derive_deltas(cfg, params, None, ProSGConfig(method="repeat_prompt"),
-                                   prompts, lengths)
+    _, state = prosg.derive_deltas(
+        cfg, params, None, ProSGConfig(method="repeat_prompt"), prompts, lengths
+    )
     for i in range(3):
         p = prompts[i, : int(lengths[i])]
         _, want = pj.forward(cfg, params, jnp.concatenate([p, p])[None])
-        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i : i + 1], state), want,
-                                    atol=1e-4, rtol=0)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x, i=i: x[i : i + 1], state), want, atol=1e-4, rtol=0
+        )
 
 
 def test_truncate_is_exact_at_full_rank_and_optimal_below():
@@ -236,17 +257,35 @@ class TestBadInput:
     def test_empty_prompt(self, model):
         cfg, params = model
         with pytest.raises(ValueError, match="prompt 1 is empty"):
-            prosg.derive_deltas(cfg, params, None, ProSGConfig(method="none"),
-                                jnp.ones((2, 4), jnp.int32), jnp.asarray([4, 0]))
+            prosg.derive_deltas(
+                cfg,
+                params,
+                None,
+                ProSGConfig(method="none"),
+                jnp.ones((2, 4), jnp.int32),
+                jnp.asarray([4, 0]),
+            )
 
     def test_length_beyond_width_and_bad_tokens(self, model):
         cfg, params = model
         with pytest.raises(ValueError, match="exceeds the width 4"):
-            prosg.derive_deltas(cfg, params, None, ProSGConfig(method="none"),
-                                jnp.ones((2, 4), jnp.int32), jnp.asarray([4, 5]))
+            prosg.derive_deltas(
+                cfg,
+                params,
+                None,
+                ProSGConfig(method="none"),
+                jnp.ones((2, 4), jnp.int32),
+                jnp.asarray([4, 5]),
+            )
         with pytest.raises(ValueError, match="outside the vocabulary"):
-            prosg.derive_deltas(cfg, params, None, ProSGConfig(method="none"),
-                                jnp.full((1, 4), 500, jnp.int32), jnp.asarray([4]))
+            prosg.derive_deltas(
+                cfg,
+                params,
+                None,
+                ProSGConfig(method="none"),
+                jnp.full((1, 4), 500, jnp.int32),
+                jnp.asarray([4]),
+            )
 
     def test_config_errors(self, model):
         cfg, _ = model
@@ -280,23 +319,31 @@ def test_sg_training_overfits_recall_past_a_distractor():
     keys = rng.permutation(np.arange(40, 56))[:n]
     prompts = rng.integers(1, 40, (n, p)).astype(np.int32)
     prompts[:, 2] = keys
-    seq = np.concatenate([rng.integers(1, 40, (n, dist)), np.full((n, 1), query),
-                          keys[:, None]], axis=1).astype(np.int32)
+    seq = np.concatenate(
+        [rng.integers(1, 40, (n, dist)), np.full((n, 1), query), keys[:, None]], axis=1
+    ).astype(np.int32)
     mask = np.zeros((n, dist + 1), np.float32)
     mask[:, -1] = 1.0  # score only the recalled key
-    batch = prosg.Batch(jnp.asarray(prompts), jnp.full((n,), p, jnp.int32),
-                        jnp.asarray(seq[:, :-1]), jnp.asarray(seq[:, 1:]), jnp.asarray(mask))
+    batch = prosg.Batch(
+        jnp.asarray(prompts),
+        jnp.full((n,), p, jnp.int32),
+        jnp.asarray(seq[:, :-1]),
+        jnp.asarray(seq[:, 1:]),
+        jnp.asarray(mask),
+    )
     pc = ProSGConfig(rank=4, matrices=("att.output", "ffn.value"), layers=(1,), sg_hidden=64)
-    base_loss = float(prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"),
-                                              batch)[0])
+    base_loss = float(
+        prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"), batch)[0]
+    )
     sg = prosg.init(jax.random.key(1), cfg, pc)
     opt = optax.adam(1e-2)
     opt_state = opt.init(sg)
 
     @jax.jit
     def train_step(sg, opt_state):
-        loss, g = jax.value_and_grad(lambda s: prosg.continuation_loss(cfg, params, s, pc,
-                                                                       batch)[0])(sg)
+        loss, g = jax.value_and_grad(
+            lambda s: prosg.continuation_loss(cfg, params, s, pc, batch)[0]
+        )(sg)
         updates, opt_state = opt.update(g, opt_state, sg)
         return optax.apply_updates(sg, updates), opt_state, loss
 
@@ -306,3 +353,27 @@ def test_sg_training_overfits_recall_past_a_distractor():
     print(f"frozen base continuation loss {base_loss:.3f} -> ProSG-trained {final:.3f}")
     assert base_loss > 3.0
     assert final < 0.25 * base_loss
+
+
+@pytest.mark.parametrize("method", ["none", "prosg", "true_grad", "repeat_prompt"])
+def test_generate_each_method_matches_manual_decode(model, method):
+    cfg, params = model
+    pc = ProSGConfig(method=method, rank=4, matrices=("att.value", "ffn.value"))
+    sg = _sg(cfg, pc) if method == "prosg" else None
+    prompts, lengths = _prompts()
+    got = prosg.generate(cfg, params, sg, pc, prompts, lengths, max_new_tokens=4)
+    deltas, state = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    if method == "repeat_prompt":
+        doubled = [jnp.concatenate([prompts[i, :n], prompts[i, :n]]) for i, n in
+                   enumerate(lengths.tolist())]
+        tokens, positions = pj.left_pad([np.asarray(d) for d in doubled])
+    else:
+        tokens, positions = pj.left_pad([np.asarray(prompts[i, :n]) for i, n in
+                                         enumerate(lengths.tolist())])
+    logits, _ = pj.forward(cfg, params, tokens, positions=positions)
+    tok, want = jnp.argmax(logits[:, -1], -1), []
+    for _ in range(4):
+        want.append(tok)
+        lg, state = pj.step(cfg, params, tok, state, deltas=deltas)
+        tok = jnp.argmax(lg, -1)
+    np.testing.assert_array_equal(np.asarray(got), np.stack(want, 1))
