@@ -88,22 +88,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tensors = random_tensors(
-            args.version, vocab=args.vocab, c=args.d_model, n_layer=args.n_layer,
+            args.version,
+            vocab=args.vocab,
+            c=args.d_model,
+            n_layer=args.n_layer,
             ffn=4 * args.d_model,
         )
         path = str(write_pth(tensors, Path(tmp) / f"bench{args.version}.pth"))
         del tensors
         ours = time_ours(path, tokens, args.repeats)
         child = [sys.executable, __file__, "--reference_child", path]
-        child += [f"--{k}={getattr(args, k)}" for k in
-                  ("version", "vocab", "tokens", "repeats", "threads")]
+        child += [
+            f"--{k}={getattr(args, k)}"
+            for k in ("version", "vocab", "tokens", "repeats", "threads")
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_")}
         out = subprocess.run(child, capture_output=True, text=True, env=env, check=True)
         ref = float(out.stdout.strip().splitlines()[-1])
 
     n = args.tokens
-    print(f"RWKV-{args.version} C={args.d_model} L={args.n_layer} V={args.vocab}, "
-          f"{n}-token prefill, batch 1, fp32, CPU")
+    print(
+        f"RWKV-{args.version} C={args.d_model} L={args.n_layer} V={args.vocab}, "
+        f"{n}-token prefill, batch 1, fp32, CPU"
+    )
     print(f"  prosg_jax forward : {n / ours:10.1f} tok/s  ({ours * 1e3:.1f} ms)")
     print(f"  rwkv (reference)  : {n / ref:10.1f} tok/s  ({ref * 1e3:.1f} ms)")
     print(f"  ratio ours/reference: {ref / ours:.2f}x")

@@ -223,7 +223,9 @@ class ProSGConfig:
         valid = model_module(model).TARGETS
         bad = [m for m in self.matrices if m not in valid]
         if bad:
-            raise ValueError(f"RWKV-{model.version} has no target matrix {bad}; choose from {valid}")
+            raise ValueError(
+                f"RWKV-{model.version} has no target matrix {bad}; choose from {valid}"
+            )
         layers = range(model.n_layer) if self.layers is None else self.layers
         out_of_range = [i for i in layers if not 0 <= i < model.n_layer]
         if out_of_range:

@@ -42,8 +42,13 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
         )
     tokens, positions = left_pad([tokenizer.encode(config.prompt)], pad_id=tokenizer.pad_id)
     out = generate(
-        cfg, params, tokens, positions=positions, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, key=jax.random.key(config.seed),
+        cfg,
+        params,
+        tokens,
+        positions=positions,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        key=jax.random.key(config.seed),
     )
     ids = [int(i) for i in out[0] if 0 <= int(i) < tokenizer.vocab_size]
     text = tokenizer.decode(ids, errors="replace")
