@@ -1,6 +1,6 @@
 """Evaluates a prosg_jax model; see ``prosg_jax.eval_lib``.
 
-    python eval.py --config configs/tiny_cpu.py --workdir /tmp/prosg_demo
+python eval.py --config configs/tiny_cpu.py --workdir /tmp/prosg_demo
 """
 
 from absl import app, flags

@@ -6,11 +6,16 @@ Public API (everything else is internal and may change):
   :func:`target_names`, :class:`RWKVConfig`;
 - checkpoints: :func:`load_rwkv`, :func:`save_rwkv`, :class:`CheckpointError`;
 - low-rank deltas: :class:`LowRankDelta`;
-- generation: :func:`generate`, :func:`left_pad`.
+- generation: :func:`generate`, :func:`left_pad`;
+- tokenizers: :func:`get_tokenizer` (``"byte"``, ``"world"``).
+
+ProSG itself lives in :mod:`prosg_jax.prosg` (with :class:`ProSGConfig`);
+datasets and the input pipeline in :mod:`prosg_jax.data`.
 """
 
 from prosg_jax.checkpoint import CheckpointError, load_rwkv, save_rwkv
-from prosg_jax.config import RWKVConfig
+from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.data.tokenizers import get_tokenizer
 from prosg_jax.lowrank import LowRankDelta
 from prosg_jax.models import forward, init_params, init_state, step, target_names
 from prosg_jax.sampling import generate, left_pad
@@ -18,9 +23,11 @@ from prosg_jax.sampling import generate, left_pad
 __all__ = [
     "CheckpointError",
     "LowRankDelta",
+    "ProSGConfig",
     "RWKVConfig",
     "forward",
     "generate",
+    "get_tokenizer",
     "init_params",
     "init_state",
     "left_pad",

@@ -50,8 +50,18 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
         temperature=config.temperature,
         key=jax.random.key(config.seed),
     )
-    ids = [int(i) for i in out[0] if 0 <= int(i) < tokenizer.vocab_size]
-    text = tokenizer.decode(ids, errors="replace")
+    text = _decode_lenient(tokenizer, [int(i) for i in out[0]])
     print(f"prompt: {config.prompt!r}")
     print(f"generated ({config.max_new_tokens} tokens): {text!r}")
     return text
+
+
+def _decode_lenient(tokenizer, ids: list[int]) -> str:
+    """Decodes what an (untrained) model sampled; undefined ids become U+FFFD."""
+    pieces = []
+    for i in ids:
+        try:
+            pieces.append(tokenizer.decode_bytes([i]))
+        except ValueError:  # an id the tokenizer does not define
+            pieces.append("\ufffd".encode())
+    return b"".join(pieces).decode("utf-8", errors="replace")

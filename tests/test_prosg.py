@@ -364,12 +364,15 @@ def test_generate_each_method_matches_manual_decode(model, method):
     got = prosg.generate(cfg, params, sg, pc, prompts, lengths, max_new_tokens=4)
     deltas, state = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
     if method == "repeat_prompt":
-        doubled = [jnp.concatenate([prompts[i, :n], prompts[i, :n]]) for i, n in
-                   enumerate(lengths.tolist())]
+        doubled = [
+            jnp.concatenate([prompts[i, :n], prompts[i, :n]])
+            for i, n in enumerate(lengths.tolist())
+        ]
         tokens, positions = pj.left_pad([np.asarray(d) for d in doubled])
     else:
-        tokens, positions = pj.left_pad([np.asarray(prompts[i, :n]) for i, n in
-                                         enumerate(lengths.tolist())])
+        tokens, positions = pj.left_pad(
+            [np.asarray(prompts[i, :n]) for i, n in enumerate(lengths.tolist())]
+        )
     logits, _ = pj.forward(cfg, params, tokens, positions=positions)
     tok, want = jnp.argmax(logits[:, -1], -1), []
     for _ in range(4):

@@ -1,0 +1,251 @@
+"""`mqar`: multi-query associative recall (Zoology, Arora et al. 2023).
+
+Each example is a sequence of `seq_len + 1` integer tokens over its own
+vocabulary (no byte tokenizer)::
+
+    k1 v1 k2 v2 ... kN vN | x x k3 v3 x x x k1 v1 x ...
+
+The first `2N` tokens bind N distinct keys to N distinct values. Every key is
+then queried exactly once, in random order: the key re-appears and the model
+must predict its value next. Query slots are pairs of positions after the
+context, chosen without replacement with Zoology's power law over the gap
+(`p(gap = i) ∝ i ** (power_a - 1)`, so most queries come soon after the
+context); the remaining positions are filler.
+
+The model sees `tokens[:-1]` and predicts `tokens[1:]` (so it sees exactly
+`seq_len` inputs, like Zoology's `input_seq_len`); `loss_mask` marks the
+answer value tokens.
+
+Vocabulary: id 0 is padding and never appears in an example; keys are
+`[1, vocab_size // 2)`, values `[vocab_size // 2, vocab_size)`.
+
+Known pitfall, handled: Zoology fills the non-query positions with tokens drawn
+from the whole vocabulary, keys included. Once answers are fed back as inputs
+(teacher forcing, as `targets = inputs shifted left` requires), a stray key in
+the filler followed by any token reads as a new key -> value binding that
+contradicts ("overwrites") the pair the model must recall, so some answers
+become unknowable. Here filler is drawn from the value range only, so each key
+occurs exactly twice: in its pair and in its single query, and every query is
+followed by the value it was bound to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from prosg_jax.data import text_gen
+
+_NAME = "mqar"
+_VERSION = "1.0.0"
+
+PAD_ID = 0
+SEQ_LENS = (64, 128, 256, 512)
+KV_PAIRS = (4, 8, 16, 32, 64)
+DEFAULT_CONFIG_NAME = "l256_kv16"
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class MqarConfig(tfds.core.BuilderConfig):
+    """Builder config of `mqar` (defaults follow the Zoology paper).
+
+    Attributes:
+      vocab_size: Token ids are in [0, vocab_size); 0 is padding.
+      seq_len: Model input length; examples store `seq_len + 1` tokens.
+      num_kv_pairs: Key-value pairs in the context; each is queried once.
+      power_a: Power-law parameter of the query gap distribution (1.0 is
+        uniform, Zoology uses 0.01).
+      num_train: Examples in the train split.
+      num_validation: Examples in the validation split.
+      num_test: Examples in the test split.
+      seed: Extra seed; change it to draw a different dataset of the same shape.
+    """
+
+    vocab_size: int = 8192
+    seq_len: int = 256
+    num_kv_pairs: int = 16
+    power_a: float = 0.01
+    num_train: int = 100_000
+    num_validation: int = 3_000
+    num_test: int = 3_000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_kv_pairs < 1:
+            raise ValueError(f"num_kv_pairs must be >= 1, got {self.num_kv_pairs}.")
+        if self.seq_len % 2:
+            raise ValueError(f"seq_len must be even, got {self.seq_len}.")
+        if self.seq_len < 4 * self.num_kv_pairs:
+            raise ValueError(
+                f"seq_len={self.seq_len} is too small for {self.num_kv_pairs} pairs: "
+                f"need seq_len >= 4 * num_kv_pairs = {4 * self.num_kv_pairs}."
+            )
+        if self.vocab_size // 2 - 1 < self.num_kv_pairs:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} is too small for {self.num_kv_pairs} "
+                f"distinct keys: need vocab_size >= {2 * (self.num_kv_pairs + 1)}."
+            )
+        if not self.power_a > 0:
+            raise ValueError(f"power_a must be > 0, got {self.power_a}.")
+        for split, n in self.split_sizes().items():
+            if n < 0:
+                raise ValueError(f"num_{split} must be >= 0, got {n}.")
+
+    @property
+    def first_value_id(self) -> int:
+        """Smallest value id; keys are [1, first_value_id)."""
+        return self.vocab_size // 2
+
+    def split_sizes(self) -> dict[str, int]:
+        """Returns {split: number of examples}."""
+        return {
+            "train": self.num_train,
+            "validation": self.num_validation,
+            "test": self.num_test,
+        }
+
+
+def config_name(seq_len: int, num_kv_pairs: int) -> str:
+    """Name of the predefined config for a sequence length and pair count."""
+    return f"l{seq_len}_kv{num_kv_pairs}"
+
+
+BUILDER_CONFIGS = tuple(
+    MqarConfig(
+        name=config_name(length, kv),
+        description=(
+            f"MQAR, vocab 8192, {length} input tokens, {kv} key-value pairs, power_a=0.01."
+        ),
+        seq_len=length,
+        num_kv_pairs=kv,
+    )
+    for length in SEQ_LENS
+    for kv in KV_PAIRS
+    if 4 * kv <= length
+)
+
+
+def get_config(name: str) -> MqarConfig:
+    """Returns the predefined config `name` (e.g. "l256_kv16").
+
+    Raises:
+      ValueError: If there is no such config.
+    """
+    for config in BUILDER_CONFIGS:
+        if config.name == name:
+            return config
+    known = ", ".join(c.name for c in BUILDER_CONFIGS)
+    raise ValueError(f"Unknown mqar config {name!r}; known: {known}.")
+
+
+def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
+    """Generates example `index` of `split`, exactly as the builder stores it.
+
+    Args:
+      config: The dataset config.
+      split: "train", "validation" or "test" (part of the seed).
+      index: Position of the example in its split; any int >= 0.
+
+    Returns:
+      A dict with the builder's features (see `Mqar._info`).
+
+    Raises:
+      ValueError: For an unknown split or a negative index.
+    """
+    if split not in text_gen.SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {text_gen.SPLITS}.")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}.")
+    seed = text_gen.example_seed(
+        _NAME,
+        _VERSION,
+        config.seed,
+        config.vocab_size,
+        config.seq_len,
+        config.num_kv_pairs,
+        repr(float(config.power_a)),
+        split,
+        index,
+    )
+    rng = np.random.default_rng(seed)
+    n = config.num_kv_pairs
+    first_value = config.first_value_id
+    keys = 1 + rng.choice(first_value - 1, size=n, replace=False)
+    values = first_value + rng.choice(config.vocab_size - first_value, size=n, replace=False)
+
+    # Query slots are (key, value) position pairs after the 2n context tokens.
+    context = 2 * n
+    num_slots = (config.seq_len - context) // 2
+    p = config.power_a * np.arange(1, num_slots + 1) ** (config.power_a - 1)
+    gaps = rng.choice(num_slots, size=n, replace=False, p=p / p.sum())
+    query_positions = context + 2 * gaps
+
+    # Filler only from the value range: a key never appears outside its pair
+    # and its query (see the module docstring).
+    tokens = rng.integers(first_value, config.vocab_size, size=config.seq_len + 1)
+    tokens[0:context:2] = keys
+    tokens[1:context:2] = values
+    tokens[query_positions] = keys
+    tokens[query_positions + 1] = values
+    loss_mask = np.zeros(config.seq_len + 1, dtype=np.uint8)
+    loss_mask[query_positions + 1] = 1
+    return {
+        "tokens": tokens.astype(np.int32),
+        "loss_mask": loss_mask,
+        "keys": keys.astype(np.int32),
+        "values": values.astype(np.int32),
+        "query_positions": query_positions.astype(np.int32),
+        "split": split,
+        "index": index,
+        "seed": seed,
+    }
+
+
+class Mqar(tfds.core.GeneratorBasedBuilder):
+    """Multi-query associative recall, as in the Zoology benchmark."""
+
+    VERSION = tfds.core.Version(_VERSION)
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = list(BUILDER_CONFIGS)
+    DEFAULT_CONFIG_NAME = DEFAULT_CONFIG_NAME
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # array_record is what `tfds.data_source` reads without TensorFlow.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        ids = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "tokens": ids,
+                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+                    "keys": ids,
+                    "values": ids,
+                    "query_positions": ids,
+                    "split": tfds.features.Text(),
+                    "index": np.int64,
+                    "seed": np.int64,
+                }
+            ),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        del dl_manager  # Generated locally: nothing to download.
+        config: MqarConfig = self.builder_config
+        return {
+            split: self._generate_examples(split=split, num_examples=n)
+            for split, n in config.split_sizes().items()
+            if n > 0
+        }
+
+    def _generate_examples(self, split: str, num_examples: int):
+        config: MqarConfig = self.builder_config
+        for index in range(num_examples):
+            yield index, make_example(config, split, index)

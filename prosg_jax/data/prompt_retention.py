@@ -1,0 +1,350 @@
+"""`prompt_retention`: does a model still use its prompt D tokens later?
+
+Each example is one text, laid out as::
+
+    prompt      facts ("The password of Talex is kodeni.") and instructions
+                (answer format, required closing word); ends with "\\n"
+    distractor  exactly D characters (= D byte tokens) of filler prose
+    queries     "\\nQ: <question>\\nA: <formatted answer>" per queried fact,
+                then "\\nFinal word: <closing word>"
+
+followed by EOS in `tokens`. The scored tokens (`loss_mask == 1`) are the
+formatted answers and the closing word: each depends only on the prompt, which
+is D tokens back.
+
+Guarantees (pinned by tests):
+
+* Deterministic given the builder version and config: example `i` of a split
+  is `make_example(config, split, i)`, seeded by `text_gen.example_seed`.
+* The seed ignores the distance, so index `i` has the same facts,
+  instructions and queries in every `d*_f<F>` config, and the shorter
+  distractor is a prefix of the longer one: recall-vs-distance curves compare
+  like with like.
+* Names, values and closing words of train/validation/test come from disjoint
+  pools (`text_gen.invented_pools`).
+* Every answer's value occurs in the prompt and nowhere in the distractor.
+
+Build with `python -m prosg_jax.data.build prompt_retention/d256_f8 --data_dir DIR`
+(or `prosg_jax.data.build.build_dataset`) and read with `tfds.data_source`;
+TensorFlow is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from prosg_jax.data import text_gen
+from prosg_jax.data.tokenizers import ByteTokenizer
+
+_NAME = "prompt_retention"
+_VERSION = "1.0.0"
+
+DISTANCES = (64, 256, 1024, 4096)
+FACT_COUNTS = (4, 8, 16)
+DEFAULT_CONFIG_NAME = "d256_f8"
+MAX_FACTS = 64
+
+# (attribute, kind of value). "word" values are invented lowercase words,
+# "code" values are four-digit numbers; both come from split-specific pools.
+ATTRIBUTES = (
+    ("password", "word"),
+    ("home town", "word"),
+    ("pet", "word"),
+    ("boat", "word"),
+    ("favourite dish", "word"),
+    ("door code", "code"),
+    ("locker number", "code"),
+    ("lucky number", "code"),
+)
+FACT_TEMPLATES = ("The {attr} of {name} is {value}.", "{name}'s {attr} is {value}.")
+QUESTION_TEMPLATES = ("What is the {attr} of {name}?", "What is {name}'s {attr}?")
+# Answer formats: (description used in the instruction, opening, closing).
+FORMATS = (
+    ("square brackets", "[", "]"),
+    ("parentheses", "(", ")"),
+    ("curly braces", "{", "}"),
+    ("angle brackets", "<", ">"),
+    ("double quotes", '"', '"'),
+)
+CLOSING_CUE = "Final word:"
+
+KIND_FACT = "fact"
+KIND_CLOSING = "closing_word"
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class PromptRetentionConfig(tfds.core.BuilderConfig):
+    """Builder config of `prompt_retention`.
+
+    Attributes:
+      distance: D, the number of distractor byte tokens between the end of the
+        prompt and the first query.
+      num_facts: Facts (name -> attribute value) stated in each prompt.
+      num_queries: Facts asked about after the distractor; None asks about all
+        of them (in random order).
+      num_train: Examples in the train split.
+      num_validation: Examples in the validation split.
+      num_test: Examples in the test split.
+      seed: Extra seed; change it to draw a different dataset of the same shape.
+    """
+
+    distance: int = 256
+    num_facts: int = 8
+    num_queries: int | None = None
+    num_train: int = 10_000
+    num_validation: int = 1_000
+    num_test: int = 1_000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.distance < 0:
+            raise ValueError(f"distance must be >= 0, got {self.distance}.")
+        if not 1 <= self.num_facts <= MAX_FACTS:
+            raise ValueError(f"num_facts must be in [1, {MAX_FACTS}], got {self.num_facts}.")
+        if self.num_queries is not None and not 1 <= self.num_queries <= self.num_facts:
+            raise ValueError(
+                f"num_queries must be in [1, num_facts={self.num_facts}] or None, "
+                f"got {self.num_queries}."
+            )
+        for split, n in self.split_sizes().items():
+            if n < 0:
+                raise ValueError(f"num_{split} must be >= 0, got {n}.")
+
+    @property
+    def queries_per_example(self) -> int:
+        """Number of queried facts per example."""
+        return self.num_facts if self.num_queries is None else self.num_queries
+
+    def split_sizes(self) -> dict[str, int]:
+        """Returns {split: number of examples}."""
+        return {
+            "train": self.num_train,
+            "validation": self.num_validation,
+            "test": self.num_test,
+        }
+
+
+def config_name(distance: int, num_facts: int) -> str:
+    """Name of the predefined config for distance D and a fact count."""
+    return f"d{distance}_f{num_facts}"
+
+
+BUILDER_CONFIGS = tuple(
+    PromptRetentionConfig(
+        name=config_name(d, f),
+        description=f"Distance D={d} byte tokens, {f} facts per prompt, all facts queried.",
+        distance=d,
+        num_facts=f,
+    )
+    for d in DISTANCES
+    for f in FACT_COUNTS
+)
+
+
+def get_config(name: str) -> PromptRetentionConfig:
+    """Returns the predefined config `name` (e.g. "d256_f8").
+
+    Raises:
+      ValueError: If there is no such config.
+    """
+    for config in BUILDER_CONFIGS:
+        if config.name == name:
+            return config
+    known = ", ".join(c.name for c in BUILDER_CONFIGS)
+    raise ValueError(f"Unknown prompt_retention config {name!r}; known: {known}.")
+
+
+def _example_seed(config: PromptRetentionConfig, split: str, index: int) -> int:
+    # The distance is deliberately left out: see the module docstring.
+    return text_gen.example_seed(
+        _NAME,
+        _VERSION,
+        config.seed,
+        config.num_facts,
+        config.queries_per_example,
+        split,
+        index,
+    )
+
+
+def make_example(config: PromptRetentionConfig, split: str, index: int) -> dict[str, Any]:
+    """Generates example `index` of `split`, exactly as the builder stores it.
+
+    Args:
+      config: The dataset config.
+      split: "train", "validation" or "test" (selects the invented-word pools).
+      index: Position of the example in its split; any int >= 0.
+
+    Returns:
+      A dict with the builder's features (see `PromptRetention._info`), numpy
+      arrays for the token-level fields.
+
+    Raises:
+      ValueError: For an unknown split or a negative index.
+    """
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}.")
+    pools = text_gen.invented_pools(split)
+    seed = _example_seed(config, split, index)
+    rng = np.random.default_rng((seed, 0))
+
+    # --- Facts and instructions (independent of the distance). ---
+    n = config.num_facts
+    names = [pools.names[i] for i in rng.choice(len(pools.names), size=n, replace=False)]
+    attr_idx = rng.integers(len(ATTRIBUTES), size=n)
+    # Draw one spare word for the closing word so it differs from every value.
+    words = [pools.words[i] for i in rng.choice(len(pools.words), size=n + 1, replace=False)]
+    codes = [pools.codes[i] for i in rng.choice(len(pools.codes), size=n, replace=False)]
+    closing_word = words[n]
+    attributes = [ATTRIBUTES[i][0] for i in attr_idx]
+    values = [words[i] if ATTRIBUTES[a][1] == "word" else codes[i] for i, a in enumerate(attr_idx)]
+    fact_forms = rng.integers(len(FACT_TEMPLATES), size=n)
+    fmt_desc, fmt_open, fmt_close = FORMATS[int(rng.integers(len(FORMATS)))]
+
+    lines = ["Remember these facts."]
+    lines += [
+        FACT_TEMPLATES[form].format(attr=attr, name=name, value=value)
+        for form, attr, name, value in zip(fact_forms, attributes, names, values, strict=True)
+    ]
+    lines.append(
+        f"Instructions: write every answer inside {fmt_desc}, like {fmt_open}this{fmt_close}. "
+        f'After the last answer, write "{CLOSING_CUE}" followed by the word {closing_word}.'
+    )
+    prompt = "\n".join(lines) + "\n"
+
+    # --- Queries: text pieces, the answer ones flagged for the loss mask. ---
+    query_order = rng.permutation(n)[: config.queries_per_example]
+    question_forms = rng.integers(len(QUESTION_TEMPLATES), size=len(query_order))
+    pieces: list[tuple[str, dict[str, str] | None]] = []
+    for q, form in zip(query_order, question_forms, strict=True):
+        question = QUESTION_TEMPLATES[form].format(attr=attributes[q], name=names[q])
+        pieces.append((f"\nQ: {question}\nA: ", None))
+        answer = f"{fmt_open}{values[q]}{fmt_close}"
+        pieces.append((answer, {"text": answer, "value": values[q], "kind": KIND_FACT}))
+    pieces.append((f"\n{CLOSING_CUE} ", None))
+    pieces.append(
+        (closing_word, {"text": closing_word, "value": closing_word, "kind": KIND_CLOSING})
+    )
+
+    # --- Distractor: its own stream, so its length does not move the rest. ---
+    distractor = text_gen.filler_text(np.random.default_rng((seed, 1)), config.distance)
+    lowered = distractor.lower()
+    for value in [*values, closing_word]:
+        if value.lower() in lowered:  # Impossible by construction of the pools.
+            raise RuntimeError(f"Answer {value!r} leaked into the distractor (seed {seed}).")
+
+    # --- Tokens: encode piece by piece so answer offsets are exact. ---
+    tok = ByteTokenizer()
+    chunks = [tok.encode(prompt + distractor)]
+    offset = len(chunks[0])
+    answers: dict[str, list[Any]] = {"text": [], "value": [], "kind": [], "start": [], "end": []}
+    mask_spans = []
+    for text, meta in pieces:
+        ids = tok.encode(text)
+        if meta is not None:
+            for key in ("text", "value", "kind"):
+                answers[key].append(meta[key])
+            answers["start"].append(offset)
+            answers["end"].append(offset + len(ids))
+            mask_spans.append((offset, offset + len(ids)))
+        chunks.append(ids)
+        offset += len(ids)
+    chunks.append(np.array([tok.eos_id], dtype=np.int32))
+    tokens = np.concatenate(chunks).astype(np.int32)
+    loss_mask = np.zeros(len(tokens), dtype=np.uint8)
+    for start, end in mask_spans:
+        loss_mask[start:end] = 1
+
+    return {
+        "prompt": prompt,
+        "distractor": distractor,
+        "queries": "".join(text for text, _ in pieces),
+        "tokens": tokens,
+        "loss_mask": loss_mask,
+        "answers": {
+            "text": answers["text"],
+            "value": answers["value"],
+            "kind": answers["kind"],
+            "start": np.asarray(answers["start"], dtype=np.int32),
+            "end": np.asarray(answers["end"], dtype=np.int32),
+        },
+        "facts": {"name": names, "attribute": attributes, "value": values},
+        "answer_format": fmt_desc,
+        "closing_word": closing_word,
+        "distance": config.distance,
+        "num_facts": config.num_facts,
+        "split": split,
+        "index": index,
+        "seed": seed,
+    }
+
+
+class PromptRetention(tfds.core.GeneratorBasedBuilder):
+    """Facts and instructions, D tokens of distraction, then questions on them."""
+
+    VERSION = tfds.core.Version(_VERSION)
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = list(BUILDER_CONFIGS)
+    DEFAULT_CONFIG_NAME = DEFAULT_CONFIG_NAME
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # array_record is the format `tfds.data_source` (and so grain) reads
+        # without TensorFlow; make it the default rather than tfrecord.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        text = tfds.features.Text()
+        # Per-answer / per-fact fields are flat 1-D tensors rather than
+        # `tfds.features.Sequence`s: they serialise about twice as fast and
+        # decode to numpy arrays.
+        strings = tfds.features.Tensor(shape=(None,), dtype=np.str_)
+        ints = tfds.features.Tensor(shape=(None,), dtype=np.int32)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "prompt": text,
+                    "distractor": text,
+                    "queries": text,
+                    "tokens": ints,
+                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+                    "answers": {
+                        "text": strings,
+                        "value": strings,
+                        "kind": strings,
+                        "start": ints,
+                        "end": ints,
+                    },
+                    "facts": {"name": strings, "attribute": strings, "value": strings},
+                    "answer_format": text,
+                    "closing_word": text,
+                    "distance": np.int32,
+                    "num_facts": np.int32,
+                    "split": text,
+                    "index": np.int64,
+                    "seed": np.int64,
+                }
+            ),
+            # Keep the stored order == index order, so record i is
+            # `make_example(config, split, i)`; readers shuffle anyway.
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        del dl_manager  # Generated locally: nothing to download.
+        config: PromptRetentionConfig = self.builder_config
+        return {
+            split: self._generate_examples(split=split, num_examples=n)
+            for split, n in config.split_sizes().items()
+            if n > 0
+        }
+
+    def _generate_examples(self, split: str, num_examples: int):
+        config: PromptRetentionConfig = self.builder_config
+        for index in range(num_examples):
+            yield index, make_example(config, split, index)
