@@ -129,6 +129,14 @@ def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVCo
     layers = {int(m.group(1)) for k in tensors if (m := _BLOCK_RE.match(k))}
     if not layers:
         raise CheckpointError("checkpoint has no 'blocks.<i>.' tensors")
+    if layers != set(range(len(layers))):
+        # Checked before any layout is built: one stray "blocks.100000." key
+        # must not make us enumerate a hundred thousand missing layers.
+        gap = min(set(range(max(layers) + 1)) - layers)
+        stray = sorted(k for k in tensors if k.startswith(f"blocks.{max(layers)}."))[:1]
+        raise CheckpointError(
+            f"block indices are not contiguous from 0: no block {gap}, yet {stray[0]!r} exists"
+        )
     common = dict(
         vocab_size=_shape(tensors, "emb.weight", 0),
         d_model=_shape(tensors, "emb.weight", 1),
@@ -137,17 +145,20 @@ def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVCo
         dtype=dtype,
     )
     if version == 4:
-        return RWKVConfig(version=4, **common)
-    mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
-    return RWKVConfig(
-        version=7,
-        head_size=_shape(tensors, "blocks.0.att.r_k", 1),
-        d_decay_lora=_shape(tensors, "blocks.0.att.w1", 1),
-        d_aaa_lora=_shape(tensors, "blocks.0.att.a1", 1),
-        d_mv_lora=_shape(tensors, mv_key, 1) if mv_key in tensors else 32,
-        d_gate_lora=_shape(tensors, "blocks.0.att.g1", 1),
-        **common,
-    )
+        extra = {}
+    else:
+        mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
+        extra = dict(
+            head_size=_shape(tensors, "blocks.0.att.r_k", 1),
+            d_decay_lora=_shape(tensors, "blocks.0.att.w1", 1),
+            d_aaa_lora=_shape(tensors, "blocks.0.att.a1", 1),
+            d_mv_lora=_shape(tensors, mv_key, 1) if mv_key in tensors else 32,
+            d_gate_lora=_shape(tensors, "blocks.0.att.g1", 1),
+        )
+    try:
+        return RWKVConfig(version=version, **common, **extra)
+    except ValueError as e:  # shapes that no valid model has (e.g. C % head_size != 0)
+        raise CheckpointError(f"inconsistent tensor shapes: {e}") from e
 
 
 def _set_path(tree: dict, path: tuple, value) -> None:

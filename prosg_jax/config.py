@@ -211,6 +211,8 @@ class ProSGConfig:
         object.__setattr__(self, "matrices", tuple(self.matrices))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+            if not self.layers:
+                raise ValueError("ProSGConfig.layers must name at least one layer (None: all)")
 
     def targets(self, model: RWKVConfig) -> tuple[str, ...]:
         """The target paths (``"blocks.i.att.value"``) this config selects in ``model``.

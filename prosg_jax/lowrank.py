@@ -94,8 +94,30 @@ def _copy_tree(tree):
     return tree
 
 
-def _orthonormal(y: Array) -> Array:
-    return jnp.linalg.qr(y, mode="reduced")[0]
+def _orthonormal(y: Float[Array, "*B M R"], rel_tol: float = 1e-6) -> Float[Array, "*B M R"]:
+    """Orthonormal columns spanning ``y`` (Gram-Schmidt, re-orthogonalised once).
+
+    Pure XLA ops rather than ``jnp.linalg.qr``: the LAPACK custom call
+    deadlocked XLA's CPU runtime when many independent QRs ran in one program.
+    Columns that are (numerically) dependent on earlier ones become zero, so
+    ``Q Qᵀ`` stays the orthogonal projector onto ``span(y)`` even when ``y`` is
+    rank-deficient (a prompt shorter than the rank).
+    """
+    r = y.shape[-1]
+    tol = rel_tol * jnp.max(jnp.linalg.norm(y, axis=-2), axis=-1)  # [*B]
+
+    def column(j, q):
+        v = q[..., j]
+        earlier = (jnp.arange(r) < j).astype(q.dtype)
+        for _ in range(2):  # "twice is enough" (Giraud et al. 2005)
+            v = v - jnp.einsum(
+                "...mk,...k->...m", q, jnp.einsum("...mk,...m->...k", q, v) * earlier
+            )
+        norm = jnp.linalg.norm(v, axis=-1)
+        v = jnp.where((norm > tol)[..., None], v / jnp.maximum(norm, tol)[..., None], 0.0)
+        return q.at[..., j].set(v)
+
+    return jax.lax.fori_loop(0, r, column, y)
 
 
 def truncate_operator(apply, apply_t, omega: Float[Array, "I R"], iters: int):
@@ -104,12 +126,17 @@ def truncate_operator(apply, apply_t, omega: Float[Array, "I R"], iters: int):
     Randomised subspace iteration (Halko et al. 2011): ``Q = orth(G Ω)``,
     ``iters`` times ``Q = orth(G Gᵀ Q)``, then ``U = Q``, ``V = Gᵀ Q``, so
     ``U Vᵀ = Q Qᵀ G`` — exact when ``R >= rank(G)``, the best rank-R
-    approximation as the iterations converge. ``apply(z) = G z`` and
+    approximation as the iterations converge. Gradients flow through
+    ``G`` only, with the subspace ``Q`` held fixed. ``apply(z) = G z`` and
     ``apply_t(y) = Gᵀ y`` may carry leading batch axes.
     """
+    # The basis is treated as a constant: U Vᵀ = Q Qᵀ G stays differentiable
+    # (and linear) in G, while gradients never pass through the
+    # orthonormalisation, which is ill-conditioned when G has rank < R.
     q = _orthonormal(apply(omega))
     for _ in range(iters):
         q = _orthonormal(apply(_orthonormal(apply_t(q))))
+    q = jax.lax.stop_gradient(q)
     return q, apply_t(q)
 
 

@@ -49,7 +49,7 @@ from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.lowrank import LowRankDelta, truncate, truncate_factored, weight
 from prosg_jax.models.layers import layer_norm, ln_params
 from prosg_jax.models.lm import State, check_tokens, forward_core, init_state
-from prosg_jax.sampling import check_sampling_args, decode
+from prosg_jax.sampling import check_sampling_args, run_decode, start_state
 
 Deltas = dict[str, LowRankDelta]
 
@@ -411,36 +411,11 @@ def derive_deltas(
     return deltas, state
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model_cfg", "prosg_cfg", "max_new_tokens", "temperature", "top_k", "eos_id"),
-)
-def _generate(
-    model_cfg,
-    params,
-    sg_params,
-    prosg_cfg,
-    prompts,
-    prompt_lengths,
-    key,
-    max_new_tokens,
-    temperature,
-    top_k,
-    eos_id,
-):
+@functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
+def prefill(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths, key):
+    """``(SamplingState after the prompts, deltas)``, jitted; see :func:`generate`."""
     deltas, state, last = _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
-    return decode(
-        model_cfg,
-        params,
-        last,
-        state,
-        deltas,
-        key,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        eos_id=eos_id,
-    )
+    return start_state(last, state, key), deltas
 
 
 def generate(
@@ -464,9 +439,9 @@ def generate(
     :func:`derive_deltas` and :func:`prosg_jax.generate`.
     """
     _check_prompts(model_cfg, prompts, prompt_lengths)
-    check_sampling_args(model_cfg, max_new_tokens, temperature, top_k, key)
+    check_sampling_args(model_cfg, max_new_tokens, temperature, top_k, key, eos_id)
     _check_sg_params(model_cfg, prosg_cfg, sg_params)
-    return _generate(
+    sampling, deltas = prefill(
         model_cfg,
         params,
         sg_params,
@@ -474,9 +449,15 @@ def generate(
         jnp.asarray(prompts, jnp.int32),
         jnp.asarray(prompt_lengths, jnp.int32),
         jax.random.key(0) if key is None else key,
+    )
+    return run_decode(
+        model_cfg,
+        params,
+        sampling,
+        deltas,
         max_new_tokens=max_new_tokens,
-        temperature=float(temperature),
-        top_k=int(top_k),
+        temperature=temperature,
+        top_k=top_k,
         eos_id=eos_id,
     )
 
@@ -520,7 +501,10 @@ def sg_match_loss(
     names = tuple(deltas)
     # The synthetic updates keep their gradient; the point where the true
     # gradient is evaluated does not.
-    dense = {n: jnp.einsum("bor,bir->boi", d.u, d.v) * d.scale for n, d in deltas.items()}
+    dense = {
+        n: jnp.einsum("bor,bir->boi", d.u, d.v) * jnp.reshape(d.scale, (-1, 1, 1))
+        for n, d in deltas.items()
+    }
 
     def loss_one(p, b):
         one = Batch(*(x[b][None] for x in batch))

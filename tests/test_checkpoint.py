@@ -145,3 +145,16 @@ def test_integer_tensor(tmp_path, tensors):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="non-float dtype"):
         pj.load_rwkv(path)
+
+
+def test_inconsistent_shapes_are_a_checkpoint_error(tmp_path):
+    tensors = random_tensors(7, vocab=41, c=128, ffn=256, n_layer=2)
+    tensors["blocks.0.att.r_k"] = np.zeros((2, 40), np.float32)  # 128 is no multiple of 40
+    with pytest.raises(CheckpointError, match="inconsistent tensor shapes.*head_size"):
+        _load_dict(tmp_path, tensors)
+
+
+def test_stray_block_index_fails_fast(tmp_path, tensors):
+    tensors["blocks.100000.att.foo"] = np.zeros(3, np.float32)
+    with pytest.raises(CheckpointError, match="no block 2, yet 'blocks.100000.att.foo'"):
+        _load_dict(tmp_path, tensors)

@@ -266,3 +266,13 @@ def test_clear_errors(tmp_path):
         _config(too_long="clip")
     with pytest.raises(ValueError, match="both"):
         _config(shard_index=None)
+
+
+def test_finite_epochs_refused_with_several_processes(monkeypatch):
+    # Packed batch counts per shard are data-dependent, so a finite epoch count
+    # would let one host run dry while the others wait in a collective.
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: 4)
+    with pytest.raises(ValueError, match="num_epochs must be None with 4 processes"):
+        pipeline.make_dataset(
+            _config(shard_index=0, shard_count=4, num_epochs=1), source=_toy_source(n=64)
+        )

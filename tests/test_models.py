@@ -197,13 +197,60 @@ def test_fresh_init_runs_and_round_trips(tmp_path):
         chex.assert_trees_all_equal(params2, params)
 
 
-def test_forward_under_jit_and_vmap_free(model):
+def test_forward_under_jit_and_vmap(model):
     cfg, params = model
     tokens = _tokens(cfg)
+    want = pj.forward(cfg, params, tokens)[0]
     jitted = jax.jit(lambda p, t: pj.forward(cfg, p, t)[0])
-    chex.assert_trees_all_close(
-        jitted(params, tokens), pj.forward(cfg, params, tokens)[0], atol=1e-6, rtol=0
+    chex.assert_trees_all_close(jitted(params, tokens), want, atol=1e-6, rtol=0)
+    # vmap over an extra leading axis (e.g. several batches of prompts).
+    stacked = jnp.stack([tokens, tokens[::-1]])
+    got = jax.vmap(lambda t: pj.forward(cfg, params, t)[0])(stacked)
+    chex.assert_trees_all_close(got[0], want, atol=FP32_TOL, rtol=0)
+    chex.assert_trees_all_close(got[1], want[::-1], atol=FP32_TOL, rtol=0)
+
+
+def test_generate_left_padded_rows_match_rows_alone(model):
+    cfg, params = model
+    rows = [np.arange(3, 8), np.arange(10, 22), np.arange(40, 43)]
+    tokens, positions = pj.left_pad(rows)
+    got = pj.generate(cfg, params, tokens, positions=positions, max_new_tokens=6)
+    for i, row in enumerate(rows):
+        alone = pj.generate(cfg, params, jnp.asarray(row)[None], max_new_tokens=6)
+        np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(alone[0]))
+
+
+def test_generate_eos_top_k_and_temperature(model):
+    cfg, params = model
+    prompt = _tokens(cfg, b=3, t=5)
+    greedy = pj.generate(cfg, params, prompt, max_new_tokens=6)
+    top1 = pj.generate(
+        cfg, params, prompt, max_new_tokens=6, temperature=0.7, top_k=1, key=jax.random.key(3)
     )
+    np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
+    eos = int(greedy[0, 2])
+    stopped = np.asarray(pj.generate(cfg, params, prompt, max_new_tokens=6, eos_id=eos))
+    np.testing.assert_array_equal(stopped[0, :3], np.asarray(greedy[0, :3]))
+    assert (stopped[0, 2:] == eos).all()
+    for row in stopped:  # every row stays at EOS once it emitted it
+        hits = np.flatnonzero(row == eos)
+        assert hits.size == 0 or (row[hits[0] :] == eos).all()
+    # A new temperature is a traced argument: no recompilation.
+    from prosg_jax import sampling
+
+    pj.generate(cfg, params, prompt, max_new_tokens=6, temperature=0.5, key=jax.random.key(0))
+    size = sampling.decode._cache_size()
+    for t in (0.6, 0.9, 1.3):
+        pj.generate(cfg, params, prompt, max_new_tokens=6, temperature=t, key=jax.random.key(0))
+    assert sampling.decode._cache_size() == size
+
+
+def test_top_k_keeps_exactly_k_candidates_on_ties():
+    from prosg_jax.sampling import _pick
+
+    logits = jnp.asarray([[5.0, 5.0, 5.0, 1.0]] * 2000)
+    picks = _pick(logits, jax.random.key(0), jnp.float32(1.0), greedy=False, top_k=2)
+    assert set(np.asarray(picks).tolist()) <= {0, 1, 2} and len(set(np.asarray(picks))) == 2
 
 
 def test_generate_greedy_matches_manual_decode(model):
@@ -272,3 +319,9 @@ class TestBadInput:
             pj.generate(cfg, params, _tokens(cfg), max_new_tokens=2, temperature=1.0)
         with pytest.raises(ValueError, match="max_new_tokens"):
             pj.generate(cfg, params, _tokens(cfg), max_new_tokens=0)
+        with pytest.raises(ValueError, match="eos_id 1000000 is outside"):
+            pj.generate(cfg, params, _tokens(cfg), max_new_tokens=2, eos_id=10**6)
+        with pytest.raises(ValueError, match="positions shape"):
+            pj.generate(
+                cfg, params, _tokens(cfg), max_new_tokens=2, positions=jnp.zeros((2, 3), jnp.int32)
+            )

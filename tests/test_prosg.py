@@ -380,3 +380,46 @@ def test_generate_each_method_matches_manual_decode(model, method):
         lg, state = pj.step(cfg, params, tok, state, deltas=deltas)
         tok = jnp.argmax(lg, -1)
     np.testing.assert_array_equal(np.asarray(got), np.stack(want, 1))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_gradients_finite_for_prompts_shorter_than_the_rank(pooling):
+    # A length-1 prompt gives a rank-1 Σ δ̂ xᵀ; the power variant's subspace is
+    # then rank-deficient, which must not turn gradients into NaN or 1e22.
+    cfg, params = tiny_model(7)
+    pc = ProSGConfig(rank=4, pooling=pooling, matrices=("att.value", "ffn.value"))
+    sg = _sg(cfg, pc, scale=0.1)
+    prompts, _ = _prompts()
+    lengths = jnp.asarray([1, 2, 12], jnp.int32)
+    inputs = jnp.asarray(np.random.default_rng(4).integers(0, 97, (3, 6)), jnp.int32)
+    batch = prosg.Batch(
+        prompts, lengths, inputs, jnp.roll(inputs, -1, 1), jnp.ones((3, 6), jnp.float32)
+    )
+    grads = jax.grad(lambda s: prosg.continuation_loss(cfg, params, s, pc, batch)[0])(sg)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert bool(jnp.isfinite(g).all()), jax.tree_util.keystr(path)
+        assert float(jnp.abs(g).max()) < 1e3, jax.tree_util.keystr(path)
+    deltas, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    for d in deltas.values():  # a length-1 prompt still gives an exact rank-1 delta
+        s = np.linalg.svd(np.asarray(materialize(d, 0), np.float64), compute_uv=False)
+        assert s[0] > 1e-6 and np.sum(s > 1e-5 * s[0]) == 1
+
+
+def test_true_grad_examples_are_isolated(model):
+    cfg, params = model
+    pc = ProSGConfig(method="true_grad", rank=4, matrices=("att.value",), layers=(1,))
+    prompts, lengths = _prompts()
+    other = prompts.at[1, :3].set((prompts[1, :3] + 5) % 96 + 1)
+    a, _ = prosg.derive_deltas(cfg, params, None, pc, prompts, lengths)
+    b, _ = prosg.derive_deltas(cfg, params, None, pc, other, lengths)
+    for name in a:
+        for i in (0, 2):
+            np.testing.assert_array_equal(
+                np.asarray(materialize(a[name], i)), np.asarray(materialize(b[name], i))
+            )
+        assert not np.allclose(materialize(a[name], 1), materialize(b[name], 1), atol=1e-6)
+
+
+def test_empty_target_layer_list_is_refused():
+    with pytest.raises(ValueError, match="at least one layer"):
+        ProSGConfig(layers=())

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
@@ -276,14 +277,22 @@ def make_dataset(
         with fewer examples than needed.
     """
     shard_index, shard_count = _shard(config)
+    if jax.process_count() > 1 and config.num_epochs is not None:
+        # Packing, dropped over-long examples and skipped empty texts make the
+        # number of batches per shard data-dependent, so with a finite epoch
+        # count one host would run dry and hang the others in a collective.
+        raise ValueError(
+            f"num_epochs must be None with {jax.process_count()} processes: batch counts "
+            "per shard differ, so stop training by step count instead."
+        )
     local_batch = config.batch_size // shard_count
     tokenizer = tokenizer or get_tokenizer(config.tokenizer)
     if source is None:
         source = load_source(config)
 
     ds = grain.MapDataset.source(source)
-    # Equal-sized, disjoint shards: unequal ones would let one host run out of
-    # data (and stall the others in a collective) before the rest.
+    # Equal-sized, disjoint shards, so every host sees the same number of
+    # examples per epoch (batch counts may still differ; see the check above).
     per_shard = len(ds) // shard_count
     if per_shard == 0:
         raise ValueError(f"{len(ds)} examples cannot feed {shard_count} shards.")
