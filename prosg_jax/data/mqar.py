@@ -204,7 +204,7 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
     }
 
 
-class Mqar(tfds.core.GeneratorBasedBuilder):
+class Mqar(text_gen.LocallyGenerated, tfds.core.GeneratorBasedBuilder):
     """Multi-query associative recall, as in the Zoology benchmark."""
 
     VERSION = tfds.core.Version(_VERSION)
@@ -236,16 +236,6 @@ class Mqar(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        del dl_manager  # Generated locally: nothing to download.
-        config: MqarConfig = self.builder_config
-        return {
-            split: self._generate_examples(split=split, num_examples=n)
-            for split, n in config.split_sizes().items()
-            if n > 0
-        }
-
-    def _generate_examples(self, split: str, num_examples: int):
-        config: MqarConfig = self.builder_config
-        for index in range(num_examples):
-            yield index, make_example(config, split, index)
+    @staticmethod
+    def make_example(config, split: str, index: int) -> dict[str, Any]:
+        return make_example(config, split, index)

@@ -283,7 +283,7 @@ def make_example(config: PromptRetentionConfig, split: str, index: int) -> dict[
     }
 
 
-class PromptRetention(tfds.core.GeneratorBasedBuilder):
+class PromptRetention(text_gen.LocallyGenerated, tfds.core.GeneratorBasedBuilder):
     """Facts and instructions, D tokens of distraction, then questions on them."""
 
     VERSION = tfds.core.Version(_VERSION)
@@ -335,16 +335,6 @@ class PromptRetention(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        del dl_manager  # Generated locally: nothing to download.
-        config: PromptRetentionConfig = self.builder_config
-        return {
-            split: self._generate_examples(split=split, num_examples=n)
-            for split, n in config.split_sizes().items()
-            if n > 0
-        }
-
-    def _generate_examples(self, split: str, num_examples: int):
-        config: PromptRetentionConfig = self.builder_config
-        for index in range(num_examples):
-            yield index, make_example(config, split, index)
+    @staticmethod
+    def make_example(config, split: str, index: int) -> dict[str, Any]:
+        return make_example(config, split, index)

@@ -236,3 +236,21 @@ def filler_text(rng: np.random.Generator, length: int) -> str:
     # Cutting mid-word is fine: a prefix of a filler word is still a substring
     # of a filler word, so no invented word can appear.
     return " ".join(parts)[:length]
+
+
+class LocallyGenerated:
+    """Split and example generation for a TFDS builder whose record ``i`` of a
+    split is ``make_example(builder_config, split, i)``; mix in before
+    ``tfds.core.GeneratorBasedBuilder``. Nothing is downloaded."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Generated locally: nothing to download.
+        return {
+            split: self._generate_examples(split=split, num_examples=n)
+            for split, n in self.builder_config.split_sizes().items()
+            if n > 0
+        }
+
+    def _generate_examples(self, split: str, num_examples: int):
+        for index in range(num_examples):
+            yield index, self.make_example(self.builder_config, split, index)

@@ -106,3 +106,24 @@ def orthogonal(key: Array, shape: tuple[int, int], gain: float) -> Array:
 def ln_params(c: int) -> dict[str, Array]:
     """Identity LayerNorm parameters."""
     return {"weight": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
+
+
+def trunk_layout(c: int, v: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """Checkpoint layout of the parts every RWKV version shares: emb, ln0, ln_out, head."""
+    return [
+        ("emb.weight", ("emb", "weight"), (v, c)),
+        ("blocks.0.ln0.weight", ("ln0", "weight"), (c,)),
+        ("blocks.0.ln0.bias", ("ln0", "bias"), (c,)),
+        ("ln_out.weight", ("ln_out", "weight"), (c,)),
+        ("ln_out.bias", ("ln_out", "bias"), (c,)),
+        ("head.weight", ("head", "weight"), (v, c)),
+    ]
+
+
+def block_norm_layout(i: int, c: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """Checkpoint layout of block ``i``'s two LayerNorms."""
+    return [
+        (f"blocks.{i}.{ln}.{leaf}", ("blocks", i, ln, leaf), (c,))
+        for ln in ("ln1", "ln2")
+        for leaf in ("weight", "bias")
+    ]

@@ -32,6 +32,7 @@ from jaxtyping import Array, Bool, Float
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.layers import (
     Deltas,
+    block_norm_layout,
     dense,
     layer_norm,
     ln_params,
@@ -39,6 +40,7 @@ from prosg_jax.models.layers import (
     scan_time,
     time_major,
     token_shift,
+    trunk_layout,
 )
 
 # Initial running-max exponent of the WKV state: "minus infinity" that stays
@@ -133,19 +135,10 @@ def init_params(key: Array, cfg: RWKVConfig) -> dict:
 def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
     """``(official key, path in our pytree, official shape)`` for every tensor."""
     c, f, v = cfg.d_model, cfg.d_ffn, cfg.vocab_size
-    out = [
-        ("emb.weight", ("emb", "weight"), (v, c)),
-        ("blocks.0.ln0.weight", ("ln0", "weight"), (c,)),
-        ("blocks.0.ln0.bias", ("ln0", "bias"), (c,)),
-        ("ln_out.weight", ("ln_out", "weight"), (c,)),
-        ("ln_out.bias", ("ln_out", "bias"), (c,)),
-        ("head.weight", ("head", "weight"), (v, c)),
-    ]
+    out = trunk_layout(c, v)
     for i in range(cfg.n_layer):
         pre = f"blocks.{i}."
-        for ln in ("ln1", "ln2"):
-            for leaf in ("weight", "bias"):
-                out.append((f"{pre}{ln}.{leaf}", ("blocks", i, ln, leaf), (c,)))
+        out += block_norm_layout(i, c)
         for leaf, shape in (
             ("time_decay", (c,)),
             ("time_first", (c,)),

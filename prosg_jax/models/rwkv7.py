@@ -40,6 +40,7 @@ from jaxtyping import Array, Bool, Float
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.layers import (
     Deltas,
+    block_norm_layout,
     dense,
     group_norm_heads,
     layer_norm,
@@ -48,6 +49,7 @@ from prosg_jax.models.layers import (
     scan_time,
     time_major,
     token_shift,
+    trunk_layout,
 )
 
 TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value")
@@ -156,20 +158,11 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
     """
     c, f, v = cfg.d_model, cfg.d_ffn, cfg.vocab_size
     vec = (1, 1, c)
-    out = [
-        ("emb.weight", ("emb", "weight"), (v, c)),
-        ("blocks.0.ln0.weight", ("ln0", "weight"), (c,)),
-        ("blocks.0.ln0.bias", ("ln0", "bias"), (c,)),
-        ("ln_out.weight", ("ln_out", "weight"), (c,)),
-        ("ln_out.bias", ("ln_out", "bias"), (c,)),
-        ("head.weight", ("head", "weight"), (v, c)),
-    ]
+    out = trunk_layout(c, v)
     for i in range(cfg.n_layer):
         pre = f"blocks.{i}."
         att = ("blocks", i, "att")
-        for ln in ("ln1", "ln2"):
-            for leaf in ("weight", "bias"):
-                out.append((f"{pre}{ln}.{leaf}", ("blocks", i, ln, leaf), (c,)))
+        out += block_norm_layout(i, c)
         shapes = {f"x_{m}": vec for m in _MIX}
         lora = {"w": cfg.d_decay_lora, "a": cfg.d_aaa_lora, "g": cfg.d_gate_lora}
         if i > 0:
