@@ -18,6 +18,9 @@ DType = Literal["float32", "bfloat16"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# Implementations of the time recurrence (``prosg_jax.models.wkv``).
+WKV_IMPLS = ("auto", "scan", "chunked")
+
 
 def _lora_dim(d_model: int, factor: float) -> int:
     """Low-rank width of an RWKV-7 data-dependent projection (BlinkDL's rule)."""
@@ -40,6 +43,10 @@ class RWKVConfig:
         projections; ignored by RWKV-4.
       dtype: compute dtype of activations and matmuls. Recurrent state is
         always float32.
+      wkv_impl: how the time recurrence runs (``prosg_jax.models.wkv``):
+        ``"scan"`` token by token, ``"chunked"`` chunk-parallel, or ``"auto"``
+        (chunked for T > 1). A runtime choice, not part of a checkpoint; every
+        choice gives the same results to float32 rounding.
     """
 
     version: int
@@ -53,6 +60,7 @@ class RWKVConfig:
     d_mv_lora: int = 0
     d_gate_lora: int = 0
     dtype: DType = "float32"
+    wkv_impl: str = "auto"
 
     def __post_init__(self):
         if self.version not in (4, 7):
@@ -63,6 +71,10 @@ class RWKVConfig:
         if self.dtype not in _DTYPES:
             raise ValueError(
                 f"RWKVConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.wkv_impl not in WKV_IMPLS:
+            raise ValueError(
+                f"RWKVConfig.wkv_impl must be one of {WKV_IMPLS}, got {self.wkv_impl!r}"
             )
         if self.version == 7:
             if self.head_size <= 0 or self.d_model % self.head_size:
@@ -98,6 +110,7 @@ class RWKVConfig:
         head_size: int = 64,
         d_ffn: int | None = None,
         dtype: DType = "float32",
+        wkv_impl: str = "auto",
     ) -> RWKVConfig:
         """An RWKV-7 config with BlinkDL's default widths (FFN 4x, LoRA ~ sqrt(C))."""
         return cls(
@@ -112,6 +125,7 @@ class RWKVConfig:
             d_mv_lora=_lora_dim(d_model, 1.7),
             d_gate_lora=_lora_dim(d_model, 5.0),
             dtype=dtype,
+            wkv_impl=wkv_impl,
         )
 
     @classmethod
@@ -123,6 +137,7 @@ class RWKVConfig:
         n_layer: int,
         d_ffn: int | None = None,
         dtype: DType = "float32",
+        wkv_impl: str = "auto",
     ) -> RWKVConfig:
         """An RWKV-4 config with the standard 4x FFN."""
         return cls(
@@ -132,6 +147,7 @@ class RWKVConfig:
             n_layer=n_layer,
             d_ffn=d_ffn or 4 * d_model,
             dtype=dtype,
+            wkv_impl=wkv_impl,
         )
 
 
@@ -139,7 +155,7 @@ def model_config_from_dict(d) -> RWKVConfig:
     """Builds the frozen :class:`RWKVConfig` from an experiment config's ``model`` dict.
 
     Keys: ``version`` (4 or 7), ``vocab_size``, ``d_model``, ``n_layer``,
-    optional ``d_ffn``, ``head_size`` (RWKV-7) and ``dtype``.
+    optional ``d_ffn``, ``head_size`` (RWKV-7), ``dtype`` and ``wkv_impl``.
     """
     d = dict(d)
     version = d.pop("version", None)

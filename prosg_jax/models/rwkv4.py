@@ -37,15 +37,11 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
-    scan_time,
-    time_major,
     token_shift,
     trunk_layout,
 )
-
-# Initial running-max exponent of the WKV state: "minus infinity" that stays
-# finite so that exp(p - q) is exactly 0 without producing NaNs.
-_P_INIT = -1e30
+from prosg_jax.models.wkv import P_EMPTY
+from prosg_jax.models.wkv import rwkv4 as wkv4
 
 TARGETS = (
     "att.key",
@@ -77,7 +73,7 @@ class LayerState(NamedTuple):
 
 def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
     zeros = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
-    return LayerState(zeros, zeros, zeros, jnp.full_like(zeros, _P_INIT), zeros)
+    return LayerState(zeros, zeros, zeros, jnp.full_like(zeros, P_EMPTY), zeros)
 
 
 def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
@@ -156,38 +152,7 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
     return out
 
 
-def _wkv(
-    decay: Float[Array, " C"],
-    first: Float[Array, " C"],
-    k: Float[Array, "B T C"],
-    v: Float[Array, "B T C"],
-    state: tuple[Array, Array, Array],
-    reset: Bool[Array, "B T"] | None,
-) -> tuple[Float[Array, "B T C"], tuple[Array, Array, Array]]:
-    """The RWKV-4 WKV recurrence in float32 log space; only this part is scanned."""
-
-    def body(carry, inp):
-        a, b, p = carry
-        kt, vt, rt = inp
-        if rt is not None:  # a new sequence starts here: forget everything before it
-            a = jnp.where(rt[:, None], 0.0, a)
-            b = jnp.where(rt[:, None], 0.0, b)
-            p = jnp.where(rt[:, None], _P_INIT, p)
-        ww = first + kt
-        q = jnp.maximum(p, ww)
-        e1, e2 = jnp.exp(p - q), jnp.exp(ww - q)
-        y = (e1 * a + e2 * vt) / (e1 * b + e2)
-        ww = decay + p
-        q = jnp.maximum(ww, kt)
-        e1, e2 = jnp.exp(ww - q), jnp.exp(kt - q)
-        return (e1 * a + e2 * vt, e1 * b + e2, q), y
-
-    xs = (time_major(k), time_major(v), None if reset is None else time_major(reset))
-    state, y = scan_time(body, state, xs)
-    return time_major(y), state
-
-
-def _time_mix(p, x, state: LayerState, reset, name, deltas, taps):
+def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, deltas, taps):
     sx = token_shift(x, state.att_x, reset)
     mk, mv, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kvr")
     k = dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", deltas, taps)
@@ -196,13 +161,14 @@ def _time_mix(p, x, state: LayerState, reset, name, deltas, taps):
         dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
     )
     decay = -jnp.exp(p["time_decay"].astype(jnp.float32))
-    y, (a, b, pp) = _wkv(
+    y, (a, b, pp) = wkv4(
         decay,
         p["time_first"].astype(jnp.float32),
         k.astype(jnp.float32),
         v.astype(jnp.float32),
         (state.att_a, state.att_b, state.att_p),
         reset,
+        impl=cfg.wkv_impl,
     )
     out = dense(r * y.astype(x.dtype), p["output"]["weight"], f"{name}.output", deltas, taps)
     return out, (x[:, -1].astype(jnp.float32), a, b, pp)
@@ -241,7 +207,7 @@ def block(
     if taps is not None:
         taps[f"{name}.hidden"] = x
     att, (att_x, a, b, pp) = _time_mix(
-        p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", deltas, taps
+        cfg, p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", deltas, taps
     )
     x = x + att
     ffn, ffn_x = _channel_mix(

@@ -7,8 +7,8 @@ generalized delta rule::
 
     S_t = S_{t-1} diag(w_t) + (S_{t-1} (-κ_t)) (κ_t ⊙ a_t)ᵀ + v_t k_tᵀ,   y_t = S_t r_t
 
-in float32. Only this recurrence is scanned; every projection is one matmul
-over the whole ``[B, T]`` block.
+in float32 (``prosg_jax.models.wkv``). Only this recurrence carries state through
+time; every projection is one matmul over the whole ``[B, T]`` block.
 
 Axis legend: ``B`` batch, ``T`` time, ``C`` d_model, ``H`` heads, ``N`` head
 size, ``F`` d_ffn, ``D*`` low-rank widths, ``V`` vocab.
@@ -46,11 +46,10 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
-    scan_time,
-    time_major,
     token_shift,
     trunk_layout,
 )
+from prosg_jax.models.wkv import rwkv7 as wkv7
 
 TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value")
 
@@ -185,28 +184,6 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
     return out
 
 
-def _wkv(r, w, k, v, kk, a, state, reset):
-    """The generalized delta-rule recurrence over ``[B, T, H, N]`` float32 inputs."""
-
-    def body(s, inp):
-        rt, wt, kt, vt, kkt, at, reset_t = inp
-        if reset_t is not None:  # a new sequence starts here: empty memory
-            s = jnp.where(reset_t[:, None, None, None], 0.0, s)
-        sa = jnp.einsum("bhvk,bhk->bhv", s, -kkt)  # S (-κ)
-        s = (
-            s * wt[:, :, None, :]
-            + sa[..., None] * (kkt * at)[:, :, None, :]
-            + vt[..., None] * kt[:, :, None, :]
-        )
-        return s, jnp.einsum("bhvk,bhk->bhv", s, rt)
-
-    xs = tuple(time_major(t) for t in (r, w, k, v, kk, a)) + (
-        None if reset is None else time_major(reset),
-    )
-    state, y = scan_time(body, state, xs)
-    return time_major(y), state
-
-
 def _lora(x, p, m):
     return (x @ p[f"{m}1"].astype(x.dtype)) @ p[f"{m}2"].astype(x.dtype)
 
@@ -232,12 +209,22 @@ def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name,
         v_first = v
     else:
         v = v + (v_first - v) * jax.nn.sigmoid(p["v0"].astype(dt) + _lora(xv, p, "v"))
-    decay = jnp.exp(-_DECAY_SCALE * jax.nn.sigmoid((p["w0"].astype(dt) + w).astype(jnp.float32)))
+    log_w = -_DECAY_SCALE * jax.nn.sigmoid((p["w0"].astype(dt) + w).astype(jnp.float32))
 
     def heads(z):
         return z.reshape(bsz, t, h, n).astype(jnp.float32)
 
-    y, wkv = _wkv(heads(r), heads(decay), heads(k), heads(v), kk, heads(a), state.wkv, reset)
+    y, wkv = wkv7(
+        heads(r),
+        heads(log_w),
+        heads(k),
+        heads(v),
+        kk,
+        heads(a),
+        state.wkv,
+        reset,
+        impl=cfg.wkv_impl,
+    )
     y = group_norm_heads(y.astype(dt), p["ln_x"]["weight"], p["ln_x"]["bias"], _LN_X_EPS)
     bonus = (heads(r) * heads(k) * p["r_k"].astype(jnp.float32)).sum(-1, keepdims=True)
     y = y + (bonus * heads(v)).reshape(bsz, t, c).astype(dt)
