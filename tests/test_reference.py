@@ -47,24 +47,26 @@ def test_matches_reference_package(tmp_path, version):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = np.load(out)
 
-    cfg, params = pj.load_rwkv(path)
-    logits, state = pj.forward(cfg, params, jnp.asarray(tokens, jnp.int32))
     assert np.abs(ref["seq"]).max() > 1.0  # a non-degenerate comparison
-    np.testing.assert_allclose(np.asarray(logits), ref["seq"], atol=TOL, rtol=0)
-    np.testing.assert_allclose(np.asarray(logits), ref["step"], atol=TOL, rtol=0)
-
-    s = pj.init_state(cfg, tokens.shape[0])
+    loaded, params = pj.load_rwkv(path)
+    s = pj.init_state(loaded, tokens.shape[0])
     outs = []
-    for t in range(tokens.shape[1]):
-        lg, s = pj.step(cfg, params, jnp.asarray(tokens[:, t], jnp.int32), s)
+    for t in range(tokens.shape[1]):  # single steps run the same body whatever wkv_impl says
+        lg, s = pj.step(loaded, params, jnp.asarray(tokens[:, t], jnp.int32), s)
         outs.append(lg)
     np.testing.assert_allclose(np.stack(outs, 1), ref["step"], atol=TOL, rtol=0)
 
-    ours = [np.asarray(x) for layer in state for x in layer]
-    theirs = [ref[f"state_{j}"] for j in range(len(ours))]
-    for j, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-        np.testing.assert_allclose(
-            a.reshape(b.shape), b, atol=TOL, rtol=0, err_msg=f"state tensor {j}"
-        )
-    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(state), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=0)
+    # One reference run checks every implementation of the recurrence.
+    for impl in ("scan", "chunked", "auto"):
+        cfg = loaded.replace(wkv_impl=impl)
+        logits, state = pj.forward(cfg, params, jnp.asarray(tokens, jnp.int32))
+        np.testing.assert_allclose(np.asarray(logits), ref["seq"], atol=TOL, rtol=0, err_msg=impl)
+        np.testing.assert_allclose(np.asarray(logits), ref["step"], atol=TOL, rtol=0, err_msg=impl)
+        ours = [np.asarray(x) for layer in state for x in layer]
+        theirs = [ref[f"state_{j}"] for j in range(len(ours))]
+        for j, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            np.testing.assert_allclose(
+                a.reshape(b.shape), b, atol=TOL, rtol=0, err_msg=f"{impl}: state tensor {j}"
+            )
+        for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(state), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=0)

@@ -201,20 +201,20 @@ def _intra7(r, lw, k, v, alpha, beta, seg):
     )  # [W | Ũ]
     n = r.shape[-1]
     qy = a_rb @ wu
-    q = rows[..., :length, :] * sees_state + qy[..., :n]
-    y_intra = a_rk @ v + qy[..., n:]
     in_last = 1.0 if seg is None else (seg == seg[..., -1:])[:, :, None, :, None]
     to_end = jnp.exp(g_last - g) * in_last
     carry = jnp.exp(g_last[..., 0, :])
     if seg is not None:
         carry = carry * (seg[..., -1] == 0)[:, :, None, None]
-    return (
-        jnp.concatenate([wu[..., :n], q], axis=-2),  # rows that read S_0: [W; Q]
-        jnp.concatenate([wu[..., n:], y_intra], axis=-2),  # their state-free parts: [Ũ; Y]
-        jnp.concatenate([k * to_end, beta * to_end], axis=-2),
-        v,
-        carry,
-    )
+    return {
+        "w": wu[..., :n],
+        "u": wu[..., n:],
+        "b_end": beta * to_end,
+        "kv_end": jnp.einsum("...lv,...lk->...vk", v, k * to_end),
+        "carry": carry,
+        "q": rows[..., :length, :] * sees_state + qy[..., :n],
+        "y": a_rk @ v + qy[..., n:],
+    }
 
 
 def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
@@ -222,20 +222,18 @@ def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
     xs = (jnp.swapaxes(_chunks(x, chunk), 2, 3) for x in (r, log_w, k, v, alpha, beta))
     # Padding is zeros: log w = 0 (no decay) and k = v = α = β = 0 leave S unchanged.
     seg = None if reset is None else jnp.cumsum(_chunks(reset, chunk), axis=-1)
-    per_chunk = jax.checkpoint(_intra7)(*xs, seg)
+    c = jax.checkpoint(_intra7)(*xs, seg)
 
+    # Only what needs the incoming state runs in the loop: two L×N×N matmuls.
     @jax.checkpoint
     def body(s, x):
-        reads, free, writes, v_c, carry = x
-        out = jnp.einsum("bhlk,bhvk->bhlv", reads, s) + free  # [U; Y]
-        length = v_c.shape[-2]
-        u, y = out[..., :length, :], out[..., length:, :]
-        s = s * carry[:, :, None, :] + jnp.einsum(
-            "bhlv,bhlk->bhvk", jnp.concatenate([v_c, u], axis=-2), writes
-        )
-        return s, y
+        w, u, b_end, kv_end, carry = x
+        u = jnp.einsum("bhlk,bhvk->bhlv", w, s) + u
+        s_next = s * carry[:, :, None, :] + kv_end + jnp.einsum("bhlv,bhlk->bhvk", u, b_end)
+        return s_next, s
 
-    state, y = jax.lax.scan(body, state, per_chunk)
+    state, s0 = jax.lax.scan(body, state, (c["w"], c["u"], c["b_end"], c["kv_end"], c["carry"]))
+    y = jnp.einsum("cbhlk,cbhvk->cbhlv", c["q"], s0) + c["y"]
     return _unchunk(jnp.swapaxes(y, 2, 3), r.shape[1]), state
 
 
