@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_layer = 2
     config.model.head_size = 32
     config.model.dtype = "float32"
+    # Time recurrence: "auto" (fastest here), "scan" (per token) or "chunked".
+    config.model.wkv_impl = "auto"
 
     # Generation demo.
     config.prompt = "The key of the blue door is 4417. Remember it."

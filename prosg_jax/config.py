@@ -45,7 +45,8 @@ class RWKVConfig:
         always float32.
       wkv_impl: how the time recurrence runs (``prosg_jax.models.wkv``):
         ``"scan"`` token by token, ``"chunked"`` chunk-parallel, or ``"auto"``
-        (chunked for T > 1). A runtime choice, not part of a checkpoint; every
+        (the faster of the two on this backend; a single token always runs the
+        per-token body). A runtime choice, not part of a checkpoint; every
         choice gives the same results to float32 rounding.
     """
 

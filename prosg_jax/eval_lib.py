@@ -34,6 +34,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
         save_rwkv(path, cfg, init_params(jax.random.key(config.seed), cfg))
         print(f"wrote an untrained {cfg.n_layer}-layer RWKV-{cfg.version} to {path}")
     cfg, params = load_rwkv(path)
+    # How the recurrence runs is a runtime choice the checkpoint does not hold.
+    cfg = cfg.replace(wkv_impl=model_config_from_dict(config.model).wkv_impl)
     tokenizer = get_tokenizer(config.tokenizer)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(

@@ -11,7 +11,8 @@ implementations that agree to float32 rounding, chosen by
   a chunk runs for every chunk at once; a ``lax.scan`` over chunks carries
   only the chunk-boundary states, and its body is rematerialised
   (``jax.checkpoint``) so that backward stores nothing else per chunk.
-* ``"auto"``: ``"chunked"`` for ``T > 1``.
+* ``"auto"``: ``"chunked"`` for ``T > 1``, except RWKV-4 on a CPU, where the
+  per-token scan is the faster one.
 
 A single token (decode, ``T == 1``) always runs the per-token body once,
 without a loop, so decode and prefill share their arithmetic.
@@ -43,10 +44,18 @@ P_EMPTY = -1e30
 State4 = tuple[Float[Array, "B C"], Float[Array, "B C"], Float[Array, "B C"]]
 
 
-def _use_chunked(impl: str, length: int) -> bool:
+def _use_chunked(impl: str, length: int, version: int) -> bool:
     if impl not in WKV_IMPLS:
         raise ValueError(f"wkv impl must be one of {WKV_IMPLS}, got {impl!r}")
-    return length > 1 and impl != "scan"
+    if length == 1 or impl == "scan":
+        return False
+    if impl == "chunked":
+        return True
+    # "auto": wherever chunking is faster. On a CPU, where a loop step costs no
+    # kernel launch, RWKV-4's per-channel recurrence is already cheap per token
+    # and its chunked form measured slower (benchmarks/train_bench.py);
+    # RWKV-7's matrix-valued state makes the chunked form faster to train there too.
+    return version == 7 or jax.default_backend() != "cpu"
 
 
 def _chunks(x: Array, chunk: int, fill: float = 0) -> Array:
@@ -103,7 +112,7 @@ def rwkv7(
     Returns:
       ``(y, state after the last token)``.
     """
-    if _use_chunked(impl, r.shape[1]):
+    if _use_chunked(impl, r.shape[1], version=7):
         return _chunked7(r, log_w, k, v, -kk, kk * a, state, reset, chunk)
     return _scan7(r, log_w, k, v, -kk, kk * a, state, reset)
 
@@ -141,13 +150,16 @@ def _unit_lower_inverse(a: Float[Array, "... L L"]) -> Float[Array, "... L L"]:
     """
     length = a.shape[-1]
     idx = np.arange(length)
-    x = jnp.broadcast_to(jnp.eye(length, dtype=a.dtype), a.shape)
-    s = 1
-    while s < length:
-        lower_left = (idx[:, None] // (2 * s) == idx[None, :] // (2 * s)) & (
+
+    def lower_left(s):  # the s×s lower-left block of every 2s×2s diagonal block
+        return (idx[:, None] // (2 * s) == idx[None, :] // (2 * s)) & (
             idx[:, None] // s > idx[None, :] // s
         )
-        x = x + x @ (a * lower_left) @ x
+
+    x = jnp.eye(length, dtype=a.dtype) + a * lower_left(1)  # the first round, with X = I
+    s = 2
+    while s < length:
+        x = x + x @ (a * lower_left(s)) @ x
         s *= 2
     return x
 
@@ -201,20 +213,19 @@ def _intra7(r, lw, k, v, alpha, beta, seg):
     )  # [W | Ũ]
     n = r.shape[-1]
     qy = a_rb @ wu
+    q = rows[..., :length, :] * sees_state + qy[..., :n]
     in_last = 1.0 if seg is None else (seg == seg[..., -1:])[:, :, None, :, None]
     to_end = jnp.exp(g_last - g) * in_last
     carry = jnp.exp(g_last[..., 0, :])
     if seg is not None:
         carry = carry * (seg[..., -1] == 0)[:, :, None, None]
-    return {
-        "w": wu[..., :n],
-        "u": wu[..., n:],
-        "b_end": beta * to_end,
-        "kv_end": jnp.einsum("...lv,...lk->...vk", v, k * to_end),
-        "carry": carry,
-        "q": rows[..., :length, :] * sees_state + qy[..., :n],
-        "y": a_rk @ v + qy[..., n:],
-    }
+    return (
+        jnp.concatenate([wu[..., :n], q], axis=-2),  # how [U; Y] read S_0: [W; Q]
+        jnp.concatenate([wu[..., n:], a_rk @ v + qy[..., n:]], axis=-2),  # and the rest: [Ũ; Y']
+        jnp.concatenate([k * to_end, beta * to_end], axis=-2),  # how [v; u] write S_L
+        v,
+        carry,
+    )
 
 
 def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
@@ -222,18 +233,18 @@ def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
     xs = (jnp.swapaxes(_chunks(x, chunk), 2, 3) for x in (r, log_w, k, v, alpha, beta))
     # Padding is zeros: log w = 0 (no decay) and k = v = α = β = 0 leave S unchanged.
     seg = None if reset is None else jnp.cumsum(_chunks(reset, chunk), axis=-1)
-    c = jax.checkpoint(_intra7)(*xs, seg)
+    per_chunk = jax.checkpoint(_intra7)(*xs, seg)
 
-    # Only what needs the incoming state runs in the loop: two L×N×N matmuls.
+    # What needs the incoming state: two (2L × N) · (N × N) matmuls per chunk.
     @jax.checkpoint
     def body(s, x):
-        w, u, b_end, kv_end, carry = x
-        u = jnp.einsum("bhlk,bhvk->bhlv", w, s) + u
-        s_next = s * carry[:, :, None, :] + kv_end + jnp.einsum("bhlv,bhlk->bhvk", u, b_end)
-        return s_next, s
+        reads, rest, writes, v_c, carry = x
+        u_y = jnp.einsum("bhlk,bhvk->bhlv", reads, s) + rest
+        u, y = u_y[..., :chunk, :], u_y[..., chunk:, :]
+        v_u = jnp.concatenate([v_c, u], axis=-2)
+        return s * carry[:, :, None, :] + jnp.einsum("bhlv,bhlk->bhvk", v_u, writes), y
 
-    state, s0 = jax.lax.scan(body, state, (c["w"], c["u"], c["b_end"], c["kv_end"], c["carry"]))
-    y = jnp.einsum("cbhlk,cbhvk->cbhlv", c["q"], s0) + c["y"]
+    state, y = jax.lax.scan(body, state, per_chunk)
     return _unchunk(jnp.swapaxes(y, 2, 3), r.shape[1]), state
 
 
@@ -271,7 +282,7 @@ def rwkv4(
     Returns:
       ``(wkv, state after the last token)``.
     """
-    if _use_chunked(impl, k.shape[1]):
+    if _use_chunked(impl, k.shape[1], version=4):
         return _chunked4(decay, first, k, v, state, reset, chunk)
 
     def body(carry, inp):
