@@ -7,9 +7,10 @@ default):
            (RWKV-4: C = H·N channels): forward and forward+backward, ms.
   train    the full model's forward+backward of the next-token cross-entropy
            (``lm.forward_core``, float32 params, ``--dtype`` compute): tokens/s,
-           peak device memory, and MFU = 6·N·tokens/s / ``--peak-tflops``
-           (N: parameters without the embedding table, whose lookup is no
-           matmul; GPU only).
+           peak device memory, XLA's temporary-buffer size for the step (the
+           activations it keeps for backward; known on every backend), and
+           MFU = 6·N·tokens/s / ``--peak-tflops`` (N: parameters without the
+           embedding table, whose lookup is no matmul; GPU only).
   prefill  the full model's forward only, at batch 1 and at ``--batch``: tokens/s.
 
 Each implementation runs in its own child process, so that the device's peak
@@ -50,6 +51,14 @@ def _args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--impl", default="scan,chunked", help="comma-separated wkv_impl values")
     ap.add_argument("--op-shape", "--op_shape", dest="op_shape", default="2,512,4,32")
+    ap.add_argument(
+        "--op-chunk",
+        "--op_chunk",
+        dest="op_chunk",
+        type=int,
+        default=None,
+        help="chunk length of the chunked op (default: wkv.CHUNK; the model always uses that)",
+    )
     ap.add_argument("--parts", default="op,train,prefill", help="subset of op,train,prefill")
     ap.add_argument("--steps", type=int, default=5, help="timed runs per measurement")
     ap.add_argument(
@@ -70,8 +79,8 @@ def _args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _time(fn, args, steps: int) -> tuple[float, float]:
-    """(compile seconds, fastest seconds per call) of a jitted ``fn(*args)``."""
+def _time(fn, args, steps: int) -> tuple[float, float, int | None]:
+    """(compile seconds, fastest seconds per call, XLA temp bytes) of a jitted ``fn(*args)``."""
     import jax
 
     t0 = time.perf_counter()
@@ -83,7 +92,8 @@ def _time(fn, args, steps: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    return compile_s, min(times)
+    analysis = compiled.memory_analysis()
+    return compile_s, min(times), None if analysis is None else analysis.temp_size_in_bytes
 
 
 def _emit(**row) -> None:
@@ -131,8 +141,10 @@ def bench_op(args, impl: str) -> None:
     inputs = _op_inputs(args.version, shape)
     *arrays, reset = inputs
 
+    chunk = args.op_chunk or wkv.CHUNK
+
     def fwd(*xs):
-        return op(*xs, reset, impl=impl)
+        return op(*xs, reset, impl=impl, chunk=chunk)
 
     def loss(*xs):
         y, state = fwd(*xs)
@@ -140,7 +152,7 @@ def bench_op(args, impl: str) -> None:
 
     grad = jax.grad(loss, argnums=tuple(range(len(arrays))))
     for mode, fn in (("fwd", fwd), ("fwd+bwd", grad)):
-        compile_s, sec = _time(fn, arrays, args.steps)
+        compile_s, sec, _ = _time(fn, arrays, args.steps)
         print(
             f"  [{impl}] op {mode:8s} {sec * 1e3:9.2f} ms   (compile {compile_s:.1f} s)",
             flush=True,
@@ -162,6 +174,12 @@ def _model(args, impl: str):
         wkv_impl=impl,
     )
     return cfg, pj.init_params(jax.random.key(0), cfg)
+
+
+def _mem(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def _peak_bytes():
@@ -188,21 +206,21 @@ def bench_train(args, impl: str) -> None:
         logits, _, _ = forward_core(cfg, p, tok[:, :-1], state, None, None, capture=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
 
-    compile_s, sec = _time(jax.value_and_grad(loss), (params, tokens), args.steps)
+    compile_s, sec, temp = _time(jax.value_and_grad(loss), (params, tokens), args.steps)
     tok_s = b * t / sec
     peak = _peak_bytes()
     n_matmul = sum(x.size for x in jax.tree.leaves(params)) - params["emb"]["weight"].size
     on_cpu = jax.devices()[0].platform == "cpu"
     peak_tflops = args.peak_tflops or (None if on_cpu else 989.0)
     mfu = None if peak_tflops is None else 6 * n_matmul * tok_s / (peak_tflops * 1e12)
-    mem = "n/a" if peak is None else f"{peak / 2**30:.2f} GiB"
+    mem = _mem(peak)
     mfu_txt = "" if mfu is None else f", MFU {100 * mfu:.1f}%"
     print(
-        f"  [{impl}] train    {tok_s:11.0f} tok/s  ({sec * 1e3:.1f} ms/step, peak {mem}"
-        f"{mfu_txt}, compile {compile_s:.1f} s)",
+        f"  [{impl}] train    {tok_s:11.0f} tok/s  ({sec * 1e3:.1f} ms/step, peak {mem}, "
+        f"XLA temp {_mem(temp)}{mfu_txt}, compile {compile_s:.1f} s)",
         flush=True,
     )
-    _emit(part="train", impl=impl, tok_s=tok_s, peak_bytes=peak, mfu=mfu)
+    _emit(part="train", impl=impl, tok_s=tok_s, peak_bytes=peak, temp_bytes=temp, mfu=mfu)
 
 
 def bench_prefill(args, impl: str) -> None:
@@ -223,7 +241,7 @@ def bench_prefill(args, impl: str) -> None:
             )
             return logits[:, -1], state
 
-        compile_s, sec = _time(fwd, (params, tokens), args.steps)
+        compile_s, sec, _ = _time(fwd, (params, tokens), args.steps)
         tok_s = b * args.seq_len / sec
         print(
             f"  [{impl}] prefill B={b:<3d} {tok_s:9.0f} tok/s  ({sec * 1e3:.1f} ms, "
@@ -289,9 +307,9 @@ def main() -> None:
             ratio = f"{s['ms'] / c['ms']:.2f}x" if "ms" in s else f"{c['tok_s'] / s['tok_s']:.2f}x"
         print(" | ".join([f"{part:14s}"] + [f"{x:>16s}" for x in cells]) + f" | {ratio}")
         if part == "train":
-            mems = [results.get((part, i), {}).get("peak_bytes") for i in impls]
-            mem = ["n/a" if m is None else f"{m / 2**30:.2f} GiB" for m in mems]
-            print(" | ".join([f"{'  peak memory':14s}"] + [f"{x:>16s}" for x in mem]) + " |")
+            for key, label in (("peak_bytes", "  peak memory"), ("temp_bytes", "  XLA temp")):
+                mem = [_mem(results.get((part, i), {}).get(key)) for i in impls]
+                print(" | ".join([f"{label:14s}"] + [f"{x:>16s}" for x in mem]) + " |")
             mfus = [results.get((part, i), {}).get("mfu") for i in impls]
             if any(m is not None for m in mfus):
                 txt = ["n/a" if m is None else f"{100 * m:.1f}%" for m in mfus]
