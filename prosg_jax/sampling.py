@@ -364,7 +364,8 @@ def prefill(
       context_lengths: ``int32[B]``, with an array of contexts only.
       stop_tokens: ids that end a row: one collection for every row, or one
         per row; ``None``: none.
-      key: PRNG key for sampling (kept in the state; unused when greedy).
+      key: PRNG key for sampling, kept in the state for :func:`decode_chunk`
+        (``None``: a fixed ``jax.random.key(0)``; unused when greedy).
 
     Returns:
       The sampling state before the first generated token, and the deltas
@@ -591,7 +592,7 @@ def complete_ids(
     return [tokens[b, : lengths[b] - int(stopped[b])].tolist() for b in range(len(prompts))]
 
 
-def _decode_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+def decode_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
     """Decodes generated ids; ids the tokenizer does not define become U+FFFD."""
     pieces, run = [], []
     for i in ids:
@@ -652,4 +653,4 @@ def complete(
         sg_params=sg,
         stop_tokens=stop,
     )
-    return [_decode_text(tokenizer, i) for i in ids]
+    return [decode_text(tokenizer, i) for i in ids]

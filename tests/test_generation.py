@@ -270,6 +270,11 @@ class TestBadInput:
         with pytest.raises(ValueError, match="prompt_lengths is required when prompts is an array"):
             pj.generate(cfg, params, jnp.ones((2, 4), jnp.int32), max_new_tokens=2)
 
+    def test_flat_list_of_ids(self, model):
+        cfg, params = model
+        with pytest.raises(ValueError, match="prompts must be a list of id lists"):
+            pj.generate(cfg, params, [1, 2, 3], max_new_tokens=2)
+
     def test_left_padded_prompts(self, model):
         cfg, params = model
         left = np.asarray([[0, 0, 5, 6], [7, 8, 9, 10]], np.int32)

@@ -161,6 +161,10 @@ def right_padded(
         for i, a in enumerate(seqs):
             ids[i, : len(a)] = a
     else:
+        if isinstance(rows, list | tuple):
+            raise ValueError(
+                f"{what} must be a list of id lists (one per row) or a right-padded [B, P] array"
+            )
         if lengths is None:
             raise ValueError(
                 f"{lengths_name} is required when {what} is an array (right-padded [B, P]); "
