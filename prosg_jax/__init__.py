@@ -6,11 +6,17 @@ Public API (everything else is internal and may change):
   :func:`target_names`, :class:`RWKVConfig`;
 - checkpoints: :func:`load_rwkv`, :func:`save_rwkv`, :class:`CheckpointError`;
 - low-rank deltas: :class:`LowRankDelta`;
-- generation: :func:`generate`, :func:`left_pad`;
+- generation (one path for every ProSG method): :func:`generate` →
+  :class:`Generation`, the streaming pair :func:`prefill` /
+  :func:`decode_chunk` over a :class:`SamplingState`, and teacher-forced
+  completion :func:`complete` (text) / :func:`complete_ids` (ids) of a
+  :class:`Run` or a ``(model_cfg, params, tokenizer)`` triple;
 - tokenizers: :func:`get_tokenizer` (``"byte"``, ``"world"``).
 
-ProSG itself lives in :mod:`prosg_jax.prosg` (with :class:`ProSGConfig`);
-datasets and the input pipeline in :mod:`prosg_jax.data`.
+Prompts are right-padded ``int32[B, P]`` with ``prompt_lengths int32[B]``, or
+a ragged list of id lists, everywhere. ProSG itself lives in
+:mod:`prosg_jax.prosg` (with :class:`ProSGConfig`); datasets and the input
+pipeline in :mod:`prosg_jax.data`.
 """
 
 from prosg_jax.checkpoint import CheckpointError, load_rwkv, save_rwkv
@@ -18,20 +24,35 @@ from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.data.tokenizers import get_tokenizer
 from prosg_jax.lowrank import LowRankDelta
 from prosg_jax.models import forward, init_params, init_state, step, target_names
-from prosg_jax.sampling import generate, left_pad
+from prosg_jax.sampling import (
+    Generation,
+    Run,
+    SamplingState,
+    complete,
+    complete_ids,
+    decode_chunk,
+    generate,
+    prefill,
+)
 
 __all__ = [
     "CheckpointError",
+    "Generation",
     "LowRankDelta",
     "ProSGConfig",
     "RWKVConfig",
+    "Run",
+    "SamplingState",
+    "complete",
+    "complete_ids",
+    "decode_chunk",
     "forward",
     "generate",
     "get_tokenizer",
     "init_params",
     "init_state",
-    "left_pad",
     "load_rwkv",
+    "prefill",
     "save_rwkv",
     "step",
     "target_names",

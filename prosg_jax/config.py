@@ -13,6 +13,7 @@ import math
 from typing import Literal
 
 import jax.numpy as jnp
+import numpy as np
 
 DType = Literal["float32", "bfloat16"]
 
@@ -171,6 +172,33 @@ def model_config_from_dict(d) -> RWKVConfig:
 METHODS = ("none", "prosg", "true_grad", "repeat_prompt")
 POOLINGS = ("query", "sketch", "power")
 
+# Every linear map of a block that accepts a low-rank delta, per RWKV version.
+# It lives here, below the models, so that configs can validate target names
+# without importing model code.
+TARGETS: dict[int, tuple[str, ...]] = {
+    4: (
+        "att.key",
+        "att.value",
+        "att.receptance",
+        "att.output",
+        "ffn.key",
+        "ffn.value",
+        "ffn.receptance",
+    ),
+    7: ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value"),
+}
+
+
+def target_shape(model: RWKVConfig, name: str) -> tuple[int, int]:
+    """``(d_out, d_in)`` of a target path such as ``"blocks.0.ffn.key"``."""
+    matrix = name.split(".", 2)[2]
+    c, f = model.d_model, model.d_ffn
+    return {"ffn.key": (f, c), "ffn.value": (c, f)}.get(matrix, (c, c))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
 
 @dataclasses.dataclass(frozen=True)
 class ProSGConfig:
@@ -182,7 +210,8 @@ class ProSGConfig:
         own next-token loss, truncated to rank r) or ``"repeat_prompt"`` (the
         prompt is read twice; no deltas).
       rank: rank ``r`` of every delta.
-      matrices: target matrix names within a block, e.g. ``("att.value",)``.
+      matrices: target matrix names within a block, a tuple such as
+        ``("att.value",)`` (a bare string is refused).
       layers: target layer indices; ``None`` means every layer.
       sg_hidden: hidden width of the SG module's δ̂ predictor.
       key_dim: width of the pooling keys κ(h_t) (``"query"`` pooling).
@@ -193,10 +222,10 @@ class ProSGConfig:
       power_iters: subspace iterations for ``"power"`` and ``true_grad``.
       sketch_seed: seed of the fixed sketch / power-iteration start matrices.
       true_grad_steps: gradient steps ``k`` of ``true_grad``.
-      true_grad_lr: learning rate ``η`` of ``true_grad``.
+      true_grad_lr: learning rate ``η`` of ``true_grad`` (finite).
       sg_match_weight: weight of the synthetic-gradient matching loss (0: off).
       sg_match_lr: step size that turns the true continuation gradient into the
-        update ``-η G`` the SG deltas are pulled toward.
+        update ``-η G`` the SG deltas are pulled toward (finite).
       train_base: whether the continuation loss also trains the base model.
     """
 
@@ -221,15 +250,29 @@ class ProSGConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"ProSGConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         for name in ("rank", "sg_hidden", "key_dim", "power_iters", "true_grad_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ProSGConfig.{name} must be positive, got {getattr(self, name)}")
-        if not self.matrices:
-            raise ValueError("ProSGConfig.matrices must name at least one target matrix")
-        object.__setattr__(self, "matrices", tuple(self.matrices))
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"ProSGConfig.{name} must be a positive int, got {value!r}")
+        if not _is_int(self.sketch_seed):
+            raise ValueError(f"ProSGConfig.sketch_seed must be an int, got {self.sketch_seed!r}")
+        for name in ("true_grad_lr", "sg_match_weight", "sg_match_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.number) or not math.isfinite(value):
+                raise ValueError(f"ProSGConfig.{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.sg_match_weight < 0:
+            raise ValueError(
+                f"ProSGConfig.sg_match_weight must be >= 0, got {self.sg_match_weight}"
+            )
+        if not isinstance(self.train_base, bool):
+            raise ValueError(f"ProSGConfig.train_base must be a bool, got {self.train_base!r}")
+        object.__setattr__(self, "matrices", _name_tuple(self.matrices))
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-            if not self.layers:
-                raise ValueError("ProSGConfig.layers must name at least one layer (None: all)")
+            object.__setattr__(self, "layers", _layer_tuple(self.layers))
+
+    def replace(self, **changes) -> ProSGConfig:
+        """Returns a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
 
     def targets(self, model: RWKVConfig) -> tuple[str, ...]:
         """The target paths (``"blocks.i.att.value"``) this config selects in ``model``.
@@ -237,9 +280,7 @@ class ProSGConfig:
         Raises:
           ValueError: a matrix the model does not have, or a layer out of range.
         """
-        from prosg_jax.models.lm import model_module  # avoid an import cycle
-
-        valid = model_module(model).TARGETS
+        valid = TARGETS[model.version]
         bad = [m for m in self.matrices if m not in valid]
         if bad:
             raise ValueError(
@@ -250,3 +291,31 @@ class ProSGConfig:
         if out_of_range:
             raise ValueError(f"target layers {out_of_range} outside [0, {model.n_layer})")
         return tuple(f"blocks.{i}.{m}" for i in layers for m in self.matrices)
+
+
+def _name_tuple(matrices) -> tuple[str, ...]:
+    # A bare string would otherwise be iterated character by character.
+    if isinstance(matrices, str) or not isinstance(matrices, tuple | list):
+        raise ValueError(
+            f"ProSGConfig.matrices must be a tuple of names such as ('att.value',), "
+            f"got {matrices!r}"
+        )
+    if not matrices or not all(isinstance(m, str) for m in matrices):
+        raise ValueError(
+            f"ProSGConfig.matrices must name at least one target matrix, got {matrices!r}"
+        )
+    if len(set(matrices)) != len(matrices):
+        raise ValueError(f"ProSGConfig.matrices names a matrix twice: {matrices!r}")
+    return tuple(matrices)
+
+
+def _layer_tuple(layers) -> tuple[int, ...]:
+    if not isinstance(layers, tuple | list) or not all(_is_int(i) for i in layers):
+        raise ValueError(
+            f"ProSGConfig.layers must be None or a tuple of layer indices, got {layers!r}"
+        )
+    if not layers:
+        raise ValueError("ProSGConfig.layers must name at least one layer (None: all)")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"ProSGConfig.layers names a layer twice: {layers!r}")
+    return tuple(int(i) for i in layers)

@@ -11,7 +11,7 @@ from prosg_jax.checkpoint import load_rwkv, save_rwkv
 from prosg_jax.config import model_config_from_dict
 from prosg_jax.data.tokenizers import get_tokenizer
 from prosg_jax.models import init_params
-from prosg_jax.sampling import generate, left_pad
+from prosg_jax.sampling import decode_text, generate
 
 CHECKPOINT_NAME = "model.safetensors"
 
@@ -42,28 +42,15 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
             f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but the model only "
             f"{cfg.vocab_size}"
         )
-    tokens, positions = left_pad([tokenizer.encode(config.prompt)], pad_id=tokenizer.pad_id)
     out = generate(
         cfg,
         params,
-        tokens,
-        positions=positions,
+        [tokenizer.encode(config.prompt)],
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         key=jax.random.key(config.seed),
     )
-    text = _decode_lenient(tokenizer, [int(i) for i in out[0]])
+    text = decode_text(tokenizer, [int(i) for i in out.tokens[0]])
     print(f"prompt: {config.prompt!r}")
     print(f"generated ({config.max_new_tokens} tokens): {text!r}")
     return text
-
-
-def _decode_lenient(tokenizer, ids: list[int]) -> str:
-    """Decodes what an (untrained) model sampled; undefined ids become U+FFFD."""
-    pieces = []
-    for i in ids:
-        try:
-            pieces.append(tokenizer.decode_bytes([i]))
-        except ValueError:  # an id the tokenizer does not define
-            pieces.append("\ufffd".encode())
-    return b"".join(pieces).decode("utf-8", errors="replace")

@@ -23,7 +23,8 @@ class LowRankDelta(NamedTuple):
     Attributes:
       u: ``[B, O, R]`` output-side factor.
       v: ``[B, I, R]`` input-side factor.
-      scale: scalar or ``[B]`` multiplier.
+      scale: scalar, ``[B]`` (per example) or ``[B, T]`` (per token: a gate
+        that puts the delta in force from some position of each row on).
     """
 
     u: Float[Array, "B O R"]
@@ -53,8 +54,8 @@ def apply_delta(
     xv = jnp.einsum("b...i,bir->b...r", x, delta.v.astype(x.dtype))
     d = jnp.einsum("b...r,bor->b...o", xv, delta.u.astype(x.dtype))
     scale = jnp.asarray(delta.scale, dtype=x.dtype)
-    if scale.ndim:  # per-example scale [B] broadcast over time and features
-        scale = scale.reshape((batch,) + (1,) * (d.ndim - 1))
+    if scale.ndim:  # [B] or [B, T], broadcast over the remaining axes
+        scale = scale.reshape(scale.shape + (1,) * (d.ndim - scale.ndim))
     return y + scale * d
 
 
@@ -159,3 +160,19 @@ def truncate_factored(
     dt = jnp.swapaxes(d, -1, -2)
     xt = jnp.swapaxes(x, -1, -2)
     return truncate_operator(lambda z: dt @ (x @ z), lambda y: xt @ (d @ y), omega, iters)
+
+
+def factored_inner(
+    u1: Float[Array, "*B O R"],
+    v1: Float[Array, "*B I R"],
+    u2: Float[Array, "*B O S"],
+    v2: Float[Array, "*B I S"],
+) -> Float[Array, "*B"]:
+    """Frobenius inner product ``⟨U1 V1ᵀ, U2 V2ᵀ⟩`` from ``R × S`` Gram matrices.
+
+    ``tr(V1 U1ᵀ U2 V2ᵀ) = Σ_{rs} (U1ᵀ U2)_{rs} (V1ᵀ V2)_{rs}``: the cost is
+    ``R S (O + I)``, and no ``O × I`` matrix is formed.
+    """
+    uu = jnp.einsum("...or,...os->...rs", u1, u2)
+    vv = jnp.einsum("...ir,...is->...rs", v1, v2)
+    return jnp.sum(uu * vv, axis=(-2, -1))

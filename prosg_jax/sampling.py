@@ -1,22 +1,43 @@
-"""Batch generation: one jitted prefill, one jitted ``lax.scan`` decode loop.
+"""Generation: one prefill, one ``lax.while_loop`` decode, teacher-forced completion.
 
-Prompts of different lengths are left-padded; each pad sits at position 0, so
-the model's reset-at-position-0 rule makes padding invisible and every row's
-final state is exactly its prompt's state. Per-example low-rank deltas (ProSG)
-are applied in both phases.
+**Padding convention** (every entry point): prompts are right-padded
+``int32[B, P]`` with ``prompt_lengths int32[B]`` — row ``b``'s ids in columns
+``[0, prompt_lengths[b])``, 0 beyond — or a ragged list of id lists.
+Contexts follow the same rule with ``context_lengths`` (a context may be
+empty). A row with an id beyond its length (e.g. a left-padded row) is an
+error. Rows are left-aligned internally, pads at position 0, where the model
+resets its state.
 
-The two phases meet in a :class:`SamplingState`, which ``decode`` takes with
-donated buffers and returns advanced, so a long generation can be produced in
-chunks without copying the recurrent state. ``prosg.generate`` builds the same
-state from its own prefill (base model over the prompt, deltas afterwards).
+**Prefill** (:func:`prefill`) gives ``(SamplingState, deltas)`` under any
+``ProSGConfig.method``: the base model reads each prompt up to its last
+token, the deltas are derived from the whole prompt, and the last prompt
+token is replayed under the deltas (one T=1 step), so the first generated
+token and every state after the prompt are under the deltas. With contexts
+(:func:`complete`), each row's prompt and context are left-aligned together
+and read in one parallel pass from a fresh state, the deltas gated on from
+the prompt's last token: rows of different context lengths never run padding
+through their state, and each row equals running it alone.
 
-Axis legend: ``B`` batch, ``P`` prompt length, ``G`` generated tokens, ``V`` vocab.
+**Decode** (:func:`decode_chunk`) is a jitted ``lax.while_loop`` over a
+:class:`SamplingState` with donated buffers: greedy, temperature, top-k and
+top-p sampling; per-row stop tokens; the loop exits as soon as every row has
+stopped. Calling it again continues where it stopped (streaming).
+
+Prompt and context widths are padded to powers of two (at least 8), so new
+prompts of similar length reuse one compiled prefill; padding never changes
+a result.
+
+Axis legend: ``B`` batch, ``P`` prompt width, ``Q`` context width, ``G``
+generated tokens, ``S`` stop ids per row, ``V`` vocab.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -24,9 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from prosg_jax.config import RWKVConfig
+from prosg_jax.config import METHODS, ProSGConfig, RWKVConfig
+from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.models.layers import Deltas
-from prosg_jax.models.lm import State, check_tokens, forward_core, init_state
+from prosg_jax.models.lm import State, check_params, forward_core, init_state
+from prosg_jax.prosg.ablations import derive, repeat_prompts
+from prosg_jax.prosg.sg import check_sg_params
+from prosg_jax.prosg.states import is_ragged, join_rows, left_align, right_padded
 
 
 @flax.struct.dataclass
@@ -34,211 +59,598 @@ class SamplingState:
     """Everything the decode loop carries between tokens.
 
     Attributes:
-      last_logits: ``[B, V]`` logits for the next token.
-      state: the model's recurrent state after the last token.
-      done: ``[B]`` rows that have emitted ``eos_id``.
+      last_logits: ``[B, V]`` logits for each row's next token.
+      state: the model's recurrent state after each row's last token.
+      done: ``[B]`` rows that have emitted a stop token.
+      lengths: ``[B]`` tokens generated so far per row (stop token included).
+      stop_ids: ``[B, S]`` each row's stop tokens (-1: unused slot).
       key: PRNG key for the next sampling step.
     """
 
     last_logits: Float[Array, "B V"]
     state: State
     done: Bool[Array, " B"]
+    lengths: Int[Array, " B"]
+    stop_ids: Int[Array, "B S"]
     key: Array
 
 
-def left_pad(
-    prompts: Sequence[Sequence[int]], pad_id: int = 0
-) -> tuple[Int[np.ndarray, "B P"], Int[np.ndarray, "B P"]]:
-    """Left-pads ragged prompts; returns ``(tokens, positions)``.
+class Generation(NamedTuple):
+    """What :func:`generate` returns.
 
-    Positions count 0, 1, ... over each prompt's real tokens; pads get
-    position 0 so that the state resets through them.
-
-    Raises:
-      ValueError: no prompts, or an empty prompt (nothing to condition on).
+    Attributes:
+      tokens: ``int32[B, G]`` generated ids, 0 after a row has stopped.
+      lengths: ``int32[B]`` tokens generated per row, its stop token included.
+      stopped: ``bool[B]`` whether the row ended on a stop token (else it
+        reached ``max_new_tokens``).
     """
-    if not prompts:
-        raise ValueError("left_pad needs at least one prompt")
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise ValueError(f"prompt {lengths.index(0)} is empty; every prompt needs >= 1 token")
-    width = max(lengths)
-    tokens = np.full((len(prompts), width), pad_id, np.int32)
-    positions = np.zeros((len(prompts), width), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, width - len(p) :] = np.asarray(p, np.int32)
-        positions[i, width - len(p) :] = np.arange(len(p), dtype=np.int32)
-    return tokens, positions
+
+    tokens: Int[Array, "B G"]
+    lengths: Int[Array, " B"]
+    stopped: Bool[Array, " B"]
 
 
-def _pick(logits: Array, key: Array, temperature: Array, greedy: bool, top_k: int) -> Array:
-    """Greedy, or temperature sampling among exactly the ``top_k`` best (0: all)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """A trained (or plain) model with everything needed to generate text.
+
+    Attributes:
+      model_cfg: the base model's config.
+      params: the base model's parameters.
+      prosg_cfg: how prompts become deltas (``None``: the plain model).
+      sg_params: SG-module parameters (``method="prosg"`` only).
+      tokenizer: text ↔ ids (``prosg_jax.get_tokenizer``).
+    """
+
+    model_cfg: RWKVConfig
+    params: dict
+    prosg_cfg: ProSGConfig | None
+    sg_params: dict | None
+    tokenizer: Tokenizer
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def bucket(width: int, minimum: int = 8) -> int:
+    """The padded width for ``width`` columns: the next power of two, at least ``minimum``."""
+    return max(minimum, 1 << (max(width, 1) - 1).bit_length())
+
+
+def _pad_columns(rows: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(rows, ((0, 0), (0, width - rows.shape[1])))
+
+
+def method_config(prosg_cfg: ProSGConfig | None, method: str | None) -> ProSGConfig:
+    """``prosg_cfg`` with its method overridden by ``method`` (``None``: keep it).
+
+    Without a ``prosg_cfg`` the method's defaults apply; with neither, the
+    plain model (``"none"``).
+    """
+    if method is None:
+        return prosg_cfg if prosg_cfg is not None else ProSGConfig(method="none")
+    if method not in METHODS:
+        raise ValueError(f"method must be None or one of {METHODS}, got {method!r}")
+    return prosg_cfg.replace(method=method) if prosg_cfg is not None else ProSGConfig(method=method)
+
+
+def _stop_matrix(cfg: RWKVConfig, stop_tokens, batch: int) -> np.ndarray:
+    """``int32[B, S]`` stop ids (-1: unused) from one shared set or one set per row."""
+    if stop_tokens is None:
+        rows = [[]] * batch
+    elif isinstance(stop_tokens, int | np.integer):
+        rows = [[stop_tokens]] * batch
+    elif all(isinstance(t, int | np.integer) for t in stop_tokens):
+        rows = [list(stop_tokens)] * batch
+    elif len(stop_tokens) == batch and all(
+        isinstance(r, Sequence | set | frozenset | np.ndarray)
+        and all(isinstance(t, int | np.integer) for t in r)
+        for r in stop_tokens
+    ):
+        rows = [list(r) for r in stop_tokens]
+    else:
+        raise ValueError(
+            f"stop_tokens must be one collection of ids shared by every row or one per row "
+            f"({batch} rows), got {stop_tokens!r}"
+        )
+    flat = [int(t) for r in rows for t in r]
+    bad = [t for t in flat if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"stop token {bad[0]} is outside the vocabulary [0, {cfg.vocab_size})")
+    # A multiple of 4 slots: a few more ids rarely changes the compiled shape.
+    width = 4 * max(1, math.ceil(max(len(r) for r in rows) / 4))
+    out = np.full((batch, width), -1, np.int32)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def _check_sampling(cfg: RWKVConfig, temperature, top_k, top_p) -> None:
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not isinstance(top_k, int | np.integer) or not 0 <= top_k <= cfg.vocab_size:
+        raise ValueError(f"top_k must be an int in [0, {cfg.vocab_size}], got {top_k!r}")
+    if not _is_real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+
+
+def _check_count(name: str, n) -> None:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
+# --------------------------------------------------------------------------- jitted core
+
+
+def _pick(
+    logits: Float[Array, "B V"],
+    key: Array,
+    temperature: Float[Array, ""],
+    top_p: Float[Array, ""],
+    *,
+    greedy: bool,
+    top_k: int,
+    nucleus: bool,
+) -> Int[Array, " B"]:
+    """Greedy, or sampling at ``temperature`` among the ``top_k`` best (0: all) within
+    the smallest set of mass >= ``top_p`` (when ``nucleus``)."""
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if top_k:
-        # Sampling among top_k's own indices keeps exactly k candidates even
-        # when logits tie at the k-th value.
-        values, indices = jax.lax.top_k(logits, top_k)
-        choice = jax.random.categorical(key, values / temperature, axis=-1)
-        return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if not (top_k or nucleus):
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    # Sorted candidates; sampling among their own indices keeps exactly k of
+    # them even when logits tie at the k-th value.
+    values, indices = jax.lax.top_k(logits, top_k or logits.shape[-1])
+    if nucleus:
+        probs = jax.nn.softmax(values, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the better candidates
+        values = jnp.where(before < top_p, values, -jnp.inf)  # the best always stays
+    choice = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def prefill(
-    cfg: RWKVConfig,
-    params: dict,
-    tokens: Int[Array, "B P"],
-    positions: Int[Array, "B P"] | None,
-    deltas: Deltas | None,
-    key: Array,
-) -> SamplingState:
-    """Reads the (left-padded) prompts in one parallel forward."""
+def _gate(deltas: Deltas, on: Bool[Array, "B T"]) -> Deltas:
+    """The deltas with a per-token scale: in force where ``on``, absent elsewhere."""
+    gated = {}
+    for name, d in deltas.items():
+        scale = jnp.asarray(d.scale, jnp.float32)
+        scale = scale.reshape(-1, 1) if scale.ndim else scale
+        gated[name] = d._replace(scale=jnp.where(on, scale, 0.0))
+    return gated
+
+
+def _read_contexts(
+    model_cfg, params, prosg_cfg, deltas, prompts, prompt_lengths, contexts, ctx_lengths
+):
+    """Prompt ++ context, left-aligned, in one pass from a fresh state.
+
+    The base model reads each prompt up to its last token; from that token on
+    the deltas are in force. Left alignment puts every row's context last, so
+    right-padding a ragged context never runs pads through the state.
+    """
+    if prosg_cfg.method == "repeat_prompt":
+        prompts, prompt_lengths = repeat_prompts(prompts, prompt_lengths)
+    joint, lengths = join_rows(prompts, prompt_lengths, contexts, ctx_lengths)
+    tokens, positions, _ = left_align(joint, lengths)
+    width = tokens.shape[1]
+    on = jnp.arange(width)[None, :] >= width - 1 - ctx_lengths[:, None]
     logits, state, _ = forward_core(
-        cfg, params, tokens, init_state(cfg, tokens.shape[0]), deltas, positions, capture=False
+        model_cfg,
+        params,
+        tokens,
+        init_state(model_cfg, tokens.shape[0]),
+        deltas=None if deltas is None else _gate(deltas, on),
+        positions=positions,
     )
-    return start_state(logits[:, -1], state, key)
+    return logits[:, -1], state
 
 
-def start_state(last_logits, state, key) -> SamplingState:
-    """The sampling state right after a prompt, before any token is generated."""
-    return SamplingState(
-        last_logits=last_logits,
+@functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
+def _prefill(
+    model_cfg,
+    params,
+    sg_params,
+    prosg_cfg,
+    prompts,
+    prompt_lengths,
+    contexts,
+    ctx_lengths,
+    stop_ids,
+    key,
+):
+    deltas, tail = derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
+    if contexts is None:
+        logits, state, _ = forward_core(
+            model_cfg,
+            params,
+            tail.token[:, None],
+            tail.state,
+            deltas=deltas,
+            positions=tail.position[:, None],
+        )
+        last = logits[:, 0]
+    else:
+        last, state = _read_contexts(
+            model_cfg, params, prosg_cfg, deltas, prompts, prompt_lengths, contexts, ctx_lengths
+        )
+    batch = prompts.shape[0]
+    sampling = SamplingState(
+        last_logits=last,
         state=state,
-        done=jnp.zeros((last_logits.shape[0],), bool),
+        done=jnp.zeros((batch,), bool),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        stop_ids=stop_ids,
         key=key,
     )
+    return sampling, deltas
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("cfg", "max_new_tokens", "greedy", "top_k", "eos_id"),
+    static_argnames=("model_cfg", "n", "greedy", "top_k", "nucleus"),
     donate_argnames=("sampling",),
 )
-def decode(
-    cfg: RWKVConfig,
-    params: dict,
-    sampling: SamplingState,
-    deltas: Deltas | None,
-    temperature: Float[Array, ""],
-    *,
-    max_new_tokens: int,
-    greedy: bool,
-    top_k: int,
-    eos_id: int | None,
-) -> tuple[Int[Array, "B G"], SamplingState]:
-    """Generates ``max_new_tokens`` tokens with a ``lax.scan`` of single steps.
+def _decode(model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus):
+    """Up to ``n`` tokens per row; stops early once every row is done."""
 
-    ``sampling`` is donated: its buffers are reused for the returned state.
-    ``temperature`` is traced, so changing it does not recompile.
-    """
+    def cond(carry):
+        i, s, _ = carry
+        return (i < n) & ~jnp.all(s.done)
 
-    def body(s: SamplingState, _):
+    def body(carry):
+        i, s, out = carry
         key, key_t = jax.random.split(s.key)
-        tok = _pick(s.last_logits, key_t, temperature, greedy, top_k)
-        done = s.done
-        if eos_id is not None:  # finished rows keep emitting EOS
-            tok = jnp.where(done, eos_id, tok)
-            done = done | (tok == eos_id)
-        logits, state, _ = forward_core(cfg, params, tok[:, None], s.state, deltas, None, False)
-        return SamplingState(logits[:, 0], state, done, key), tok
+        active = ~s.done
+        tok = _pick(
+            s.last_logits, key_t, temperature, top_p, greedy=greedy, top_k=top_k, nucleus=nucleus
+        )
+        tok = jnp.where(active, tok, 0)
+        out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
+        logits, state, _ = forward_core(model_cfg, params, tok[:, None], s.state, deltas=deltas)
 
-    sampling, out = jax.lax.scan(body, sampling, None, length=max_new_tokens)
-    return out.T, sampling
+        def keep(new, old):  # a stopped row keeps its state as of its stop token
+            return jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
+        s = SamplingState(
+            last_logits=keep(logits[:, 0], s.last_logits),
+            state=jax.tree.map(keep, state, s.state),
+            done=s.done | (active & jnp.any(tok[:, None] == s.stop_ids, axis=1)),
+            lengths=s.lengths + active.astype(jnp.int32),
+            stop_ids=s.stop_ids,
+            key=key,
+        )
+        return i + 1, s, out
 
-def check_sampling_args(
-    cfg: RWKVConfig, max_new_tokens, temperature, top_k, key, eos_id=None
-) -> None:
-    """Raises ``ValueError`` for sampling arguments that cannot work."""
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature > 0 and key is None:
-        raise ValueError("sampling with temperature > 0 needs a PRNG key")
-    if not 0 <= top_k <= cfg.vocab_size:
-        raise ValueError(f"top_k must be in [0, {cfg.vocab_size}], got {top_k}")
-    if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
-        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {cfg.vocab_size})")
+    out = jnp.zeros((sampling.done.shape[0], n), jnp.int32)
+    _, sampling, out = jax.lax.while_loop(cond, body, (jnp.int32(0), sampling, out))
+    return out, sampling
 
 
-def run_decode(
-    cfg: RWKVConfig,
+# --------------------------------------------------------------------------- public API
+
+
+def prefill(
+    model_cfg: RWKVConfig,
     params: dict,
-    sampling: SamplingState,
-    deltas: Deltas | None,
+    prompts,
+    prompt_lengths=None,
     *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    eos_id: int | None,
-) -> Int[Array, "B G"]:
-    """:func:`decode` with the Python-level sampling arguments turned into jit arguments."""
-    tokens, _ = decode(
-        cfg,
+    method: str | None = None,
+    prosg_cfg: ProSGConfig | None = None,
+    sg_params: dict | None = None,
+    contexts=None,
+    context_lengths=None,
+    stop_tokens=None,
+    key: Array | None = None,
+) -> tuple[SamplingState, Deltas | None]:
+    """Reads the prompts (and contexts) and returns ``(SamplingState, deltas)``.
+
+    Args:
+      model_cfg, params: the base model.
+      prompts: right-padded ``int32[B, P]`` (with ``prompt_lengths``) or a
+        ragged list of id lists; every prompt needs at least one token.
+      prompt_lengths: ``int32[B]``, with an array only.
+      method: overrides ``prosg_cfg.method`` (``"none"``, ``"prosg"``,
+        ``"true_grad"``, ``"repeat_prompt"``); ``None`` keeps it.
+      prosg_cfg: how prompts become deltas; ``None`` is the plain model.
+      sg_params: SG-module parameters (``method="prosg"`` only).
+      contexts: optional tokens read after each prompt with the deltas in
+        force (teacher forced), in the same forms as ``prompts``; may be empty.
+      context_lengths: ``int32[B]``, with an array of contexts only.
+      stop_tokens: ids that end a row: one collection for every row, or one
+        per row; ``None``: none.
+      key: PRNG key for sampling, kept in the state for :func:`decode_chunk`
+        (``None``: a fixed ``jax.random.key(0)``; unused when greedy).
+
+    Returns:
+      The sampling state before the first generated token, and the deltas
+      (``None`` for ``none``/``repeat_prompt``) to pass to :func:`decode_chunk`.
+    """
+    if sg_params is not None and prosg_cfg is None and method is None:
+        raise ValueError("sg_params given without a ProSG method: pass method='prosg'")
+    pc = method_config(prosg_cfg, method)
+    check_params(model_cfg, params)
+    check_sg_params(model_cfg, pc, sg_params)
+    rows, lengths = right_padded(model_cfg, prompts, prompt_lengths)
+    rows = _pad_columns(rows, bucket(rows.shape[1]))
+    batch = rows.shape[0]
+    if contexts is None:
+        if context_lengths is not None:
+            raise ValueError("context_lengths given without contexts")
+        ctx = ctx_lengths = None
+    else:
+        ctx, ctx_lengths = right_padded(
+            model_cfg,
+            contexts,
+            context_lengths,
+            what="contexts",
+            lengths_name="context_lengths",
+            min_length=0,
+        )
+        if ctx.shape[0] != batch:
+            raise ValueError(f"contexts has {ctx.shape[0]} rows, prompts {batch}")
+        ctx = jnp.asarray(_pad_columns(ctx, bucket(ctx.shape[1])))
+        ctx_lengths = jnp.asarray(ctx_lengths)
+    # Methods without learned or gradient deltas compile once, whatever the
+    # other fields of their config.
+    static_pc = pc if pc.method in ("prosg", "true_grad") else ProSGConfig(method=pc.method)
+    return _prefill(
+        model_cfg,
+        params,
+        sg_params if pc.method == "prosg" else None,
+        static_pc,
+        jnp.asarray(rows),
+        jnp.asarray(lengths),
+        ctx,
+        ctx_lengths,
+        jnp.asarray(_stop_matrix(model_cfg, stop_tokens, batch)),
+        jax.random.key(0) if key is None else key,
+    )
+
+
+def _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p):
+    return _decode(
+        model_cfg,
         params,
         sampling,
         deltas,
         jnp.float32(max(temperature, 1e-6)),
-        max_new_tokens=max_new_tokens,
-        greedy=temperature == 0.0,
+        jnp.float32(top_p),
+        n=int(n),
+        greedy=temperature == 0,
         top_k=int(top_k),
-        eos_id=eos_id,
+        nucleus=top_p < 1,
     )
-    return tokens
+
+
+def decode_chunk(
+    model_cfg: RWKVConfig,
+    params: dict,
+    sampling: SamplingState,
+    deltas: Deltas | None,
+    n: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[Int[Array, "B n"], SamplingState]:
+    """Generates up to ``n`` more tokens per row and returns the advanced state.
+
+    ``sampling`` is donated (do not reuse it); pass the returned state to the
+    next call to continue. Rows that have stopped emit 0; the loop exits once
+    every row has stopped. Temperature and ``top_p`` are traced, so changing
+    them does not recompile.
+
+    Returns:
+      ``(int32[B, n] tokens, SamplingState)``; ``state.lengths`` counts each
+      row's tokens so far and ``state.done`` marks stopped rows.
+    """
+    _check_count("n", n)
+    _check_sampling(model_cfg, temperature, top_k, top_p)
+    return _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p)
 
 
 def generate(
-    cfg: RWKVConfig,
+    model_cfg: RWKVConfig,
     params: dict,
-    tokens: Int[Array, "B P"],
+    prompts,
+    prompt_lengths=None,
     *,
     max_new_tokens: int,
-    positions: Int[Array, "B P"] | None = None,
-    deltas: Deltas | None = None,
+    method: str | None = None,
+    prosg_cfg: ProSGConfig | None = None,
+    sg_params: dict | None = None,
+    contexts=None,
+    context_lengths=None,
     key: Array | None = None,
     temperature: float = 0.0,
     top_k: int = 0,
-    eos_id: int | None = None,
-) -> Int[Array, "B G"]:
-    """Generates ``max_new_tokens`` tokens after each (left-padded) prompt.
+    top_p: float = 1.0,
+    stop_tokens=None,
+) -> Generation:
+    """Batch generation after each prompt, under any ProSG method.
+
+    Arguments as in :func:`prefill` and :func:`decode_chunk`, plus:
 
     Args:
-      cfg, params: the model.
-      tokens: ``int32[B, P]`` prompts, left-padded (see :func:`left_pad`).
-      max_new_tokens: number of tokens ``G`` to generate.
-      positions: from :func:`left_pad`; ``None`` when no row is padded.
-      deltas: optional per-example low-rank deltas, applied throughout.
+      max_new_tokens: at most this many tokens per row (``G``).
       key: PRNG key, required when ``temperature > 0``.
       temperature: 0 for greedy decoding.
       top_k: sample only among the ``top_k`` most likely tokens (0: all).
-      eos_id: once a row emits it, the row keeps emitting it.
+      top_p: sample only within the smallest set of tokens whose probability
+        mass reaches ``top_p`` (1: all).
 
     Returns:
-      ``int32[B, G]`` generated ids.
+      A :class:`Generation`: tokens ``[B, G]`` (0 after a row stops), per-row
+      lengths (stop token included) and whether each row stopped.
     """
-    check_tokens(cfg, tokens, ndim=2)
-    if positions is not None and np.shape(positions) != np.shape(tokens):
-        raise ValueError(
-            f"positions shape {np.shape(positions)} != tokens shape {np.shape(tokens)}"
-        )
-    check_sampling_args(cfg, max_new_tokens, temperature, top_k, key, eos_id)
-    sampling = prefill(
-        cfg,
+    _check_count("max_new_tokens", max_new_tokens)
+    _check_sampling(model_cfg, temperature, top_k, top_p)
+    if temperature > 0 and key is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key")
+    sampling, deltas = prefill(
+        model_cfg,
         params,
-        jnp.asarray(tokens, jnp.int32),
-        None if positions is None else jnp.asarray(positions, jnp.int32),
-        deltas,
-        jax.random.key(0) if key is None else key,  # the key is unused by greedy decoding
+        prompts,
+        prompt_lengths,
+        method=method,
+        prosg_cfg=prosg_cfg,
+        sg_params=sg_params,
+        contexts=contexts,
+        context_lengths=context_lengths,
+        stop_tokens=stop_tokens,
+        key=key,
     )
-    return run_decode(
-        cfg,
+    tokens, sampling = _run_decode(
+        model_cfg, params, sampling, deltas, max_new_tokens, temperature, top_k, top_p
+    )
+    return Generation(tokens=tokens, lengths=sampling.lengths, stopped=sampling.done)
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def _model_parts(run_or_model, method, prosg_cfg, sg_params):
+    """``(model_cfg, params, tokenizer, prosg_cfg, sg_params)`` of a Run or a model triple."""
+    if isinstance(run_or_model, Run):
+        if prosg_cfg is not None or sg_params is not None:
+            raise ValueError(
+                "a Run carries its own prosg_cfg and sg_params; pass method= to override its method"
+            )
+        r = run_or_model
+        return r.model_cfg, r.params, r.tokenizer, method_config(r.prosg_cfg, method), r.sg_params
+    if (
+        isinstance(run_or_model, tuple)
+        and len(run_or_model) == 3
+        and isinstance(run_or_model[0], RWKVConfig)
+    ):
+        if sg_params is not None and prosg_cfg is None and method is None:
+            raise ValueError("sg_params given without a ProSG method: pass method='prosg'")
+        model_cfg, params, tokenizer = run_or_model
+        return model_cfg, params, tokenizer, method_config(prosg_cfg, method), sg_params
+    raise ValueError(
+        "run_or_model must be a prosg_jax.Run or a (model_cfg, params, tokenizer) triple, "
+        f"got {type(run_or_model).__name__}"
+    )
+
+
+def complete_ids(
+    run_or_model,
+    prompts: Sequence[Sequence[int]],
+    contexts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    method: str | None = None,
+    prosg_cfg: ProSGConfig | None = None,
+    sg_params: dict | None = None,
+    stop_tokens=None,
+) -> list[list[int]]:
+    """Greedy completion after prompt (deltas) and context (teacher forced), as ids.
+
+    For each example the deltas come from ``prompt``; ``context`` (e.g. a
+    distractor and a question) is then read with the deltas in force; then up
+    to ``max_new_tokens`` tokens are generated greedily.
+
+    Args:
+      run_or_model: a :class:`Run`, or a ``(model_cfg, params, tokenizer)``
+        triple (the tokenizer may be ``None`` here).
+      prompts: one id list per example (non-empty).
+      contexts: one id list per example (may be empty).
+      max_new_tokens: at most this many generated ids per example.
+      method: overrides the Run's (or ``prosg_cfg``'s) method; ``None`` keeps
+        it (``"none"`` for a triple without ``prosg_cfg``).
+      prosg_cfg, sg_params: for a triple only; a Run carries its own.
+      stop_tokens: ids that end a completion (default: the tokenizer's eos).
+
+    Returns:
+      Each example's generated ids, without the stop token.
+    """
+    model_cfg, params, tokenizer, pc, sg = _model_parts(run_or_model, method, prosg_cfg, sg_params)
+    for name, rows in (("prompts", prompts), ("contexts", contexts)):
+        if not is_ragged(rows) or not rows:
+            raise ValueError(f"{name} must be a non-empty list of id lists")
+    if len(prompts) != len(contexts):
+        raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
+    if stop_tokens is None:
+        stop_tokens = () if tokenizer is None else (tokenizer.eos_id,)
+    out = generate(
+        model_cfg,
         params,
-        sampling,
-        deltas,
+        list(prompts),
         max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        eos_id=eos_id,
+        prosg_cfg=pc,
+        sg_params=sg,
+        contexts=list(contexts),
+        stop_tokens=stop_tokens,
     )
+    tokens, lengths, stopped = (np.asarray(x) for x in out)
+    return [tokens[b, : lengths[b] - int(stopped[b])].tolist() for b in range(len(prompts))]
+
+
+def decode_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """Decodes generated ids; ids the tokenizer does not define become U+FFFD."""
+    pieces, run = [], []
+    for i in ids:
+        if i < tokenizer.vocab_size:
+            run.append(i)
+            continue
+        pieces += [tokenizer.decode(run, errors="replace"), "\ufffd"]
+        run = []
+    return "".join(pieces) + tokenizer.decode(run, errors="replace")
+
+
+def complete(
+    run_or_model,
+    prompts: Sequence[str],
+    contexts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    method: str | None = None,
+    prosg_cfg: ProSGConfig | None = None,
+    sg_params: dict | None = None,
+    stop_at_newline: bool = True,
+) -> list[str]:
+    """Text in, text out: :func:`complete_ids` through the run's tokenizer.
+
+    A completion ends at the tokenizer's eos and, with ``stop_at_newline``, at
+    a newline; the stop token is not part of the returned text.
+
+    Args:
+      run_or_model: a :class:`Run` or a ``(model_cfg, params, tokenizer)`` triple.
+      prompts: the text whose deltas act during the rest (one per example).
+      contexts: text read after the prompt with the deltas in force (e.g. a
+        distractor and a question); may be empty strings.
+      max_new_tokens, method, prosg_cfg, sg_params: as in :func:`complete_ids`.
+      stop_at_newline: also stop at ``"\\n"``.
+    """
+    model_cfg, params, tokenizer, pc, sg = _model_parts(run_or_model, method, prosg_cfg, sg_params)
+    if tokenizer is None:
+        raise ValueError("complete needs a tokenizer; use complete_ids for ids")
+    for name, texts in (("prompts", prompts), ("contexts", contexts)):
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{name} must be a sequence of strings, one per example")
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids, the model only {model_cfg.vocab_size}"
+        )
+    stop = [tokenizer.eos_id]
+    if stop_at_newline:
+        newline = tokenizer.encode("\n")
+        if len(newline) != 1:
+            raise ValueError("stop_at_newline needs a tokenizer that encodes '\\n' as one id")
+        stop.append(int(newline[0]))
+    ids = complete_ids(
+        (model_cfg, params, tokenizer),
+        [tokenizer.encode(p) for p in prompts],
+        [tokenizer.encode(c) for c in contexts],
+        max_new_tokens=max_new_tokens,
+        prosg_cfg=pc,
+        sg_params=sg,
+        stop_tokens=stop,
+    )
+    return [decode_text(tokenizer, i) for i in ids]

@@ -7,6 +7,7 @@ time axis ``T`` and a feature axis ``C``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,28 +53,50 @@ def token_shift(
     return shifted
 
 
+class TargetHooks(NamedTuple):
+    """Optional per-target additions to the dense layers, keyed by target path.
+
+    Each field is a pure, optional input: with every field ``None`` a dense
+    layer is exactly ``x Wᵀ``.
+
+    Attributes:
+      deltas: per-example low-rank deltas; the layer adds ``scale (x V) Uᵀ``.
+      perturb: additive output perturbations ``[B, T, O]``. Passed as zeros
+        they change nothing, but the gradient of a loss with respect to them is
+        the back-propagated error ``δ_t`` at the target's output, which with the
+        captured inputs ``x_t`` gives every example's weight gradient
+        ``Σ_t δ_t x_tᵀ`` in factored form from one backward pass.
+      taps: when not None, every target's input (and each block's residual
+        stream) is recorded here; a Python-level switch that costs nothing
+        when off.
+    """
+
+    deltas: Deltas | None = None
+    perturb: Mapping[str, Array] | None = None
+    taps: dict[str, Array] | None = None
+
+
+NO_HOOKS = TargetHooks()
+
+
 def dense(
-    x: Float[Array, "B *T I"],
-    w: Float[Array, "O I"],
-    name: str,
-    deltas: Deltas | None,
-    taps: dict[str, Array] | None,
+    x: Float[Array, "B *T I"], w: Float[Array, "O I"], name: str, hooks: TargetHooks
 ) -> Float[Array, "B *T O"]:
-    """``x Wᵀ`` plus the per-example low-rank delta registered under ``name``, if any.
+    """``x Wᵀ`` plus whatever ``hooks`` registers under ``name``.
 
     Args:
       x: inputs.
       w: weight in the PyTorch ``[d_out, d_in]`` orientation.
       name: the target's path, e.g. ``"blocks.3.att.key"``.
-      deltas: optional mapping from target path to :class:`LowRankDelta`.
-      taps: when not None, ``x`` is recorded under ``name`` (prompt states for
-        ProSG); a Python-level switch, so it costs nothing when off.
+      hooks: optional deltas, output perturbations and input capture.
     """
-    if taps is not None:
-        taps[name] = x
+    if hooks.taps is not None:
+        hooks.taps[name] = x
     y = jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
-    if deltas is not None and name in deltas:
-        y = apply_delta(x, y, deltas[name])
+    if hooks.deltas is not None and name in hooks.deltas:
+        y = apply_delta(x, y, hooks.deltas[name])
+    if hooks.perturb is not None and name in hooks.perturb:
+        y = y + hooks.perturb[name].astype(y.dtype)
     return y
 
 

@@ -10,6 +10,7 @@ Axis legend: ``B`` batch, ``T`` time, ``V`` vocab.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -18,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from prosg_jax.config import RWKVConfig
+from prosg_jax.config import TARGETS, RWKVConfig
 from prosg_jax.models import rwkv4, rwkv7
-from prosg_jax.models.layers import Deltas, layer_norm
+from prosg_jax.models.layers import Deltas, TargetHooks, layer_norm
 
 State = tuple  # tuple of per-layer ``LayerState`` NamedTuples
 
@@ -44,11 +45,28 @@ def init_state(cfg: RWKVConfig, batch_size: int) -> State:
 
 def target_names(cfg: RWKVConfig) -> tuple[str, ...]:
     """Every linear map that accepts a low-rank delta, e.g. ``"blocks.0.att.key"``."""
-    return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in model_module(cfg).TARGETS)
+    return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in TARGETS[cfg.version])
 
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+    """Whether ``x`` has values here (not a tracer inside ``jit``/``grad``)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def as_token_array(tokens, what: str = "tokens"):
+    """Lets a rectangular list of id lists stand for an array; arrays pass through."""
+    if not isinstance(tokens, list | tuple):
+        return tokens
+    try:
+        arr = np.asarray(tokens)
+    except ValueError:  # numpy refuses ragged nesting
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise ValueError(
+            f"{what} must be a rectangular [B, T] array of ids; for ragged prompts use "
+            "prosg_jax.generate with a list of id lists"
+        )
+    return arr
 
 
 def check_tokens(cfg: RWKVConfig, tokens, ndim: int, what: str = "tokens") -> None:
@@ -65,7 +83,7 @@ def check_tokens(cfg: RWKVConfig, tokens, ndim: int, what: str = "tokens") -> No
         raise ValueError(f"{what} must not be empty, got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
         raise ValueError(f"{what} must be integer token ids, got dtype {jnp.result_type(tokens)}")
-    if _is_concrete(tokens):
+    if is_concrete(tokens):
         ids = np.asarray(tokens)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= cfg.vocab_size:
@@ -75,19 +93,71 @@ def check_tokens(cfg: RWKVConfig, tokens, ndim: int, what: str = "tokens") -> No
             )
 
 
+def check_positions(positions, shape: tuple[int, ...]) -> None:
+    """Raises ``ValueError`` unless ``positions`` are non-negative ints of ``shape``."""
+    if np.shape(positions) != tuple(shape):
+        raise ValueError(f"positions shape {np.shape(positions)} != tokens shape {tuple(shape)}")
+    if not jnp.issubdtype(jnp.result_type(positions), jnp.integer):
+        raise ValueError(
+            f"positions must be integer indices, got dtype {jnp.result_type(positions)}"
+        )
+    if is_concrete(positions) and np.size(positions) and int(np.min(positions)) < 0:
+        raise ValueError(f"positions must be >= 0, got {int(np.min(positions))}")
+
+
+@functools.lru_cache(maxsize=16)
+def _param_spec(cfg: RWKVConfig):
+    """``(treedef, key paths, shapes)`` of the params ``cfg`` implies (no arrays built)."""
+    shapes = jax.eval_shape(lambda: init_params(jax.random.key(0), cfg))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    paths = tuple(jax.tree_util.keystr(p) for p, _ in flat)
+    return treedef, paths, tuple(tuple(leaf.shape) for _, leaf in flat)
+
+
+def check_params(cfg: RWKVConfig, params) -> None:
+    """Raises ``ValueError`` unless ``params`` has exactly the layout ``cfg`` implies.
+
+    Params of another vocabulary, width, depth or RWKV version would otherwise
+    give NaN logits or a bare ``KeyError`` deep inside the model. The expected
+    layout is computed once per config.
+    """
+    treedef, paths, shapes = _param_spec(cfg)
+    leaves, got = jax.tree_util.tree_flatten(params)
+    if got != treedef:
+        have = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+        missing = [p for p in paths if p not in have]
+        unexpected = sorted(have - set(paths))
+        raise ValueError(
+            f"params do not match the RWKV-{cfg.version} config ({cfg.n_layer} layers): "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    for path, leaf, want in zip(paths, leaves, shapes, strict=True):
+        if tuple(np.shape(leaf)) != want:
+            raise ValueError(
+                f"params{path} has shape {tuple(np.shape(leaf))}, the RWKVConfig expects {want} "
+                f"(vocab_size={cfg.vocab_size}, d_model={cfg.d_model}, d_ffn={cfg.d_ffn})"
+            )
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_state_spec(cfg: RWKVConfig, batch: int):
+    """``(type name, field names, shapes)`` of one layer's state; traced once per key."""
+    ref = jax.eval_shape(lambda: model_module(cfg).init_layer_state(cfg, batch))
+    return type(ref).__name__, ref._fields, tuple(tuple(x.shape) for x in ref)
+
+
 def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
     if len(state) != cfg.n_layer:
         raise ValueError(f"state has {len(state)} layers, the model has {cfg.n_layer}")
-    want = model_module(cfg).init_layer_state
-    ref = jax.eval_shape(lambda: want(cfg, batch))
+    kind, fields, shapes = _layer_state_spec(cfg, batch)
     for i, layer in enumerate(state):
-        if type(layer).__name__ != type(ref).__name__ or len(layer) != len(ref):
+        if type(layer).__name__ != kind or len(layer) != len(fields):
             raise ValueError(f"state[{i}] is not an RWKV-{cfg.version} LayerState")
-        for field, got, exp in zip(ref._fields, layer, ref, strict=True):
-            if tuple(got.shape) != tuple(exp.shape):
+        for field, got, exp in zip(fields, layer, shapes, strict=True):
+            if tuple(got.shape) != exp:
                 raise ValueError(
                     f"state[{i}].{field} has shape {tuple(got.shape)}, expected "
-                    f"{tuple(exp.shape)} (batch {batch})"
+                    f"{exp} (batch {batch})"
                 )
 
 
@@ -96,29 +166,48 @@ def forward_core(
     params: dict,
     tokens: Int[Array, "B T"],
     state: State,
-    deltas: Deltas | None,
-    positions: Int[Array, "B T"] | None,
-    capture: bool,
+    *,
+    deltas: Deltas | None = None,
+    positions: Int[Array, "B T"] | None = None,
+    capture: bool = False,
+    perturb: dict[str, Float[Array, "B T O"]] | None = None,
 ) -> tuple[Float[Array, "B T V"], State, dict[str, Array]]:
-    """The unchecked forward; with ``capture`` it also returns every target's inputs.
+    """The unchecked forward.
 
-    The captured dict maps each target path (``"blocks.i.att.key"``) to its
-    input ``[B, T, d_in]`` and ``"blocks.i.hidden"`` to the residual stream
-    entering block ``i`` — all from this single pass.
+    Args:
+      cfg, params, tokens, state: as in :func:`forward`.
+      deltas: per-example low-rank deltas by target path.
+      positions: index of each token in its sequence; the state resets at 0.
+      capture: also return every target's input ``[B, T, d_in]`` (under its
+        path, ``"blocks.i.att.key"``) and the residual stream entering block
+        ``i`` (under ``"blocks.i.hidden"``), all from this single pass.
+      perturb: zero-valued additive perturbations of target outputs; their
+        gradient is the error at each target's output (see
+        :class:`~prosg_jax.models.layers.TargetHooks`).
+
+    Returns:
+      ``(logits float32[B, T, V], state after the last token, captured dict)``.
     """
     impl = model_module(cfg)
     x = jnp.take(params["emb"]["weight"], tokens, axis=0).astype(jnp.float32)
     # ln0 on the gathered rows equals the reference's ln0 folded into `emb`.
     x = layer_norm(x, params["ln0"]).astype(cfg.compute_dtype)
     reset = None if positions is None else positions == 0
-    taps: dict[str, Array] | None = {} if capture else None
+    hooks = TargetHooks(deltas=deltas, perturb=perturb, taps={} if capture else None)
     new_state, v_first = [], None
     for i, (p, s) in enumerate(zip(params["blocks"], state, strict=True)):
-        x, s, v_first = impl.block(cfg, i, p, x, s, reset, deltas, taps, v_first)
+        x, s, v_first = impl.block(cfg, i, p, x, s, reset=reset, hooks=hooks, v_first=v_first)
         new_state.append(s)
     x = layer_norm(x, params["ln_out"])
-    logits = jnp.einsum("btc,vc->btv", x, params["head"]["weight"].astype(x.dtype))
-    return logits.astype(jnp.float32), tuple(new_state), taps or {}
+    # Accumulate and return the head in float32 even for bfloat16 activations:
+    # rounding logits to bfloat16 would keep only ~3 significant digits.
+    logits = jnp.einsum(
+        "btc,vc->btv",
+        x,
+        params["head"]["weight"].astype(x.dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return logits, tuple(new_state), hooks.taps or {}
 
 
 _forward_jit = jax.jit(forward_core, static_argnames=("cfg", "capture"))
@@ -137,25 +226,27 @@ def forward(
 
     Args:
       cfg: model config.
-      params: parameter pytree (see ``rwkv4``/``rwkv7`` for the layout).
-      tokens: ``int32[B, T]`` token ids in ``[0, V)``.
+      params: parameter pytree (see ``rwkv4``/``rwkv7`` for the layout); it must
+        match ``cfg`` exactly (vocabulary, widths, depth, version).
+      tokens: ``int32[B, T]`` token ids in ``[0, V)`` (a rectangular list of
+        lists is accepted).
       state: the state after the preceding tokens; ``None`` for a fresh start.
       deltas: optional per-example low-rank deltas keyed by target path
         (``target_names(cfg)``).
-      positions: optional ``int32[B, T]`` index of each token within its
-        sequence. The state resets before every token whose position is 0, so
-        packed sequences never see each other and left padding (pads at
-        position 0) leaves the real tokens untouched.
+      positions: optional non-negative ``int32[B, T]`` index of each token
+        within its sequence. The state resets before every token whose
+        position is 0, so packed sequences never see each other and left
+        padding (pads at position 0) leaves the real tokens untouched.
 
     Returns:
       ``(logits float32[B, T, V], state after the last token)``.
     """
+    tokens = as_token_array(tokens)
     check_tokens(cfg, tokens, ndim=2)
+    check_params(cfg, params)
     batch = np.shape(tokens)[0]
-    if positions is not None and np.shape(positions) != np.shape(tokens):
-        raise ValueError(
-            f"positions shape {np.shape(positions)} != tokens shape {np.shape(tokens)}"
-        )
+    if positions is not None:
+        check_positions(positions, np.shape(tokens))
     if state is None:
         state = init_state(cfg, batch)
     else:
@@ -169,9 +260,8 @@ def forward(
         params,
         jnp.asarray(tokens, jnp.int32),
         state,
-        deltas,
-        None if positions is None else jnp.asarray(positions, jnp.int32),
-        capture=False,
+        deltas=deltas,
+        positions=None if positions is None else jnp.asarray(positions, jnp.int32),
     )
     return logits, state
 
@@ -185,6 +275,7 @@ def step(
     deltas: Deltas | None = None,
 ) -> tuple[Float[Array, "B V"], State]:
     """One generation step: logits for ``token`` and the advanced state."""
+    token = as_token_array(token, "token")
     check_tokens(cfg, token, ndim=1, what="token")
     logits, state = forward(cfg, params, jnp.asarray(token)[:, None], state, deltas=deltas)
     return logits[:, 0], state

@@ -31,7 +31,8 @@ from jaxtyping import Array, Bool, Float
 
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.layers import (
-    Deltas,
+    NO_HOOKS,
+    TargetHooks,
     block_norm_layout,
     dense,
     layer_norm,
@@ -42,16 +43,6 @@ from prosg_jax.models.layers import (
 )
 from prosg_jax.models.wkv import P_EMPTY
 from prosg_jax.models.wkv import rwkv4 as wkv4
-
-TARGETS = (
-    "att.key",
-    "att.value",
-    "att.receptance",
-    "att.output",
-    "ffn.key",
-    "ffn.value",
-    "ffn.receptance",
-)
 
 
 class LayerState(NamedTuple):
@@ -152,13 +143,13 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
     return out
 
 
-def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, deltas, taps):
+def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, hooks):
     sx = token_shift(x, state.att_x, reset)
     mk, mv, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kvr")
-    k = dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", deltas, taps)
-    v = dense(x * mv + sx * (1 - mv), p["value"]["weight"], f"{name}.value", deltas, taps)
+    k = dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", hooks)
+    v = dense(x * mv + sx * (1 - mv), p["value"]["weight"], f"{name}.value", hooks)
     r = jax.nn.sigmoid(
-        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
+        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", hooks)
     )
     decay = -jnp.exp(p["time_decay"].astype(jnp.float32))
     y, (a, b, pp) = wkv4(
@@ -170,20 +161,20 @@ def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, deltas, tap
         reset,
         impl=cfg.wkv_impl,
     )
-    out = dense(r * y.astype(x.dtype), p["output"]["weight"], f"{name}.output", deltas, taps)
+    out = dense(r * y.astype(x.dtype), p["output"]["weight"], f"{name}.output", hooks)
     return out, (x[:, -1].astype(jnp.float32), a, b, pp)
 
 
-def _channel_mix(p, x, prev, reset, name, deltas, taps):
+def _channel_mix(p, x, prev, reset, name, hooks):
     sx = token_shift(x, prev, reset)
     mk, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kr")
     r = jax.nn.sigmoid(
-        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
+        dense(x * mr + sx * (1 - mr), p["receptance"]["weight"], f"{name}.receptance", hooks)
     )
     k = jnp.square(
-        jax.nn.relu(dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", deltas, taps))
+        jax.nn.relu(dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", hooks))
     )
-    out = r * dense(k, p["value"]["weight"], f"{name}.value", deltas, taps)
+    out = r * dense(k, p["value"]["weight"], f"{name}.value", hooks)
     return out, x[:, -1].astype(jnp.float32)
 
 
@@ -193,24 +184,26 @@ def block(
     p: dict,
     x: Float[Array, "B T C"],
     state: LayerState,
-    reset: Bool[Array, "B T"] | None,
-    deltas: Deltas | None,
-    taps: dict | None,
+    *,
+    reset: Bool[Array, "B T"] | None = None,
+    hooks: TargetHooks = NO_HOOKS,
     v_first: None = None,
 ) -> tuple[Float[Array, "B T C"], LayerState, None]:
     """One RWKV-4 block: ``(x, state, deltas) -> (y, state)``.
 
+    ``reset`` marks tokens that start a new sequence; ``hooks`` carries the
+    optional per-target deltas, output perturbations and input capture.
     ``v_first`` exists only so that both model versions share one block
     signature (RWKV-7 threads its first layer's values through the stack).
     """
     name = f"blocks.{i}"
-    if taps is not None:
-        taps[f"{name}.hidden"] = x
+    if hooks.taps is not None:
+        hooks.taps[f"{name}.hidden"] = x
     att, (att_x, a, b, pp) = _time_mix(
-        cfg, p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", deltas, taps
+        cfg, p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", hooks
     )
     x = x + att
     ffn, ffn_x = _channel_mix(
-        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", deltas, taps
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
     )
     return x + ffn, LayerState(att_x, a, b, pp, ffn_x), v_first

@@ -39,7 +39,8 @@ from jaxtyping import Array, Bool, Float
 
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.layers import (
-    Deltas,
+    NO_HOOKS,
+    TargetHooks,
     block_norm_layout,
     dense,
     group_norm_heads,
@@ -50,8 +51,6 @@ from prosg_jax.models.layers import (
     trunk_layout,
 )
 from prosg_jax.models.wkv import rwkv7 as wkv7
-
-TARGETS = ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value")
 
 _LN_X_EPS = 64e-5  # the reference GroupNorm eps (not torch's default)
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
@@ -188,16 +187,16 @@ def _lora(x, p, m):
     return (x @ p[f"{m}1"].astype(x.dtype)) @ p[f"{m}2"].astype(x.dtype)
 
 
-def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name, deltas, taps):
+def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name, hooks):
     bsz, t, c = x.shape
     h, n = cfg.n_head, cfg.head_size
     dt = x.dtype
     xx = token_shift(x, state.att_x, reset) - x
     xr, xw, xk, xv, xa, xg = (x + xx * p[f"x_{m}"].astype(dt) for m in _MIX)
 
-    r = dense(xr, p["receptance"]["weight"], f"{name}.receptance", deltas, taps)
-    k = dense(xk, p["key"]["weight"], f"{name}.key", deltas, taps)
-    v = dense(xv, p["value"]["weight"], f"{name}.value", deltas, taps)
+    r = dense(xr, p["receptance"]["weight"], f"{name}.receptance", hooks)
+    k = dense(xk, p["key"]["weight"], f"{name}.key", hooks)
+    v = dense(xv, p["value"]["weight"], f"{name}.value", hooks)
     w = jnp.tanh(xw @ p["w1"].astype(dt)) @ p["w2"].astype(dt)
     a = jax.nn.sigmoid(p["a0"].astype(dt) + _lora(xa, p, "a"))
     g = jax.nn.sigmoid(xg @ p["g1"].astype(dt)) @ p["g2"].astype(dt)
@@ -228,17 +227,15 @@ def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name,
     y = group_norm_heads(y.astype(dt), p["ln_x"]["weight"], p["ln_x"]["bias"], _LN_X_EPS)
     bonus = (heads(r) * heads(k) * p["r_k"].astype(jnp.float32)).sum(-1, keepdims=True)
     y = y + (bonus * heads(v)).reshape(bsz, t, c).astype(dt)
-    out = dense(y * g, p["output"]["weight"], f"{name}.output", deltas, taps)
+    out = dense(y * g, p["output"]["weight"], f"{name}.output", hooks)
     return out, x[:, -1].astype(jnp.float32), wkv, v_first
 
 
-def _channel_mix(p, x, prev, reset, name, deltas, taps):
+def _channel_mix(p, x, prev, reset, name, hooks):
     xx = token_shift(x, prev, reset) - x
     k = x + xx * p["x_k"].astype(x.dtype)
-    k = jnp.square(jax.nn.relu(dense(k, p["key"]["weight"], f"{name}.key", deltas, taps)))
-    return dense(k, p["value"]["weight"], f"{name}.value", deltas, taps), x[:, -1].astype(
-        jnp.float32
-    )
+    k = jnp.square(jax.nn.relu(dense(k, p["key"]["weight"], f"{name}.key", hooks)))
+    return dense(k, p["value"]["weight"], f"{name}.value", hooks), x[:, -1].astype(jnp.float32)
 
 
 def block(
@@ -247,15 +244,20 @@ def block(
     p: dict,
     x: Float[Array, "B T C"],
     state: LayerState,
-    reset: Bool[Array, "B T"] | None,
-    deltas: Deltas | None,
-    taps: dict | None,
-    v_first: Float[Array, "B T C"] | None,
+    *,
+    reset: Bool[Array, "B T"] | None = None,
+    hooks: TargetHooks = NO_HOOKS,
+    v_first: Float[Array, "B T C"] | None = None,
 ) -> tuple[Float[Array, "B T C"], LayerState, Float[Array, "B T C"]]:
-    """One RWKV-7 block: ``(x, state, deltas, v_first) -> (y, state, v_first)``."""
+    """One RWKV-7 block: ``(x, state, deltas, v_first) -> (y, state, v_first)``.
+
+    ``reset`` marks tokens that start a new sequence; ``hooks`` carries the
+    optional per-target deltas, output perturbations and input capture;
+    ``v_first`` is layer 0's values (``None`` entering layer 0).
+    """
     name = f"blocks.{i}"
-    if taps is not None:
-        taps[f"{name}.hidden"] = x
+    if hooks.taps is not None:
+        hooks.taps[f"{name}.hidden"] = x
     att, att_x, wkv, v_first = _time_mix(
         cfg,
         i,
@@ -265,11 +267,10 @@ def block(
         reset,
         v_first,
         f"{name}.att",
-        deltas,
-        taps,
+        hooks,
     )
     x = x + att
     ffn, ffn_x = _channel_mix(
-        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", deltas, taps
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
     )
     return x + ffn, LayerState(att_x, wkv, ffn_x), v_first

@@ -1,0 +1,237 @@
+"""Decode throughput of ``prosg_jax.generate`` vs the ``rwkv`` package and ``jaxrwkv``.
+
+All three run the same random RWKV-4 checkpoint in the official layout (by
+default L=6, C=512, V=50277, fp32), greedy, after the same 16-token prompt;
+only the decode of ``--tokens`` new tokens is timed (best of ``--repeats``),
+prefill excluded. Columns:
+
+- ``prosg_jax``: ``pj.prefill`` then the jitted ``lax.while_loop`` decode
+  (``pj.decode_chunk``), batch 1 and ``--batch``;
+- ``rwkv``: the reference package (``strategy='cpu fp32'``, batch 1 only — it
+  decodes one sequence at a time), in a child process because it picks its
+  code path from environment variables at import time;
+- ``jaxrwkv``: ``rwkv4.ScanRWKV.load_from_torch``, one jitted ``lax.scan``
+  over the decode steps, ``vmap``-ed over the batch (skipped with a message
+  when the package is not installed: ``pip install jaxrwkv``);
+- ProSG: decode with rank-16 deltas on every target of every layer divided by
+  plain decode, both at ``--batch``.
+
+Ratios are computed from times measured in this run. Runs on the default JAX
+device (the reference always on the CPU).
+
+Usage::
+
+    python benchmarks/generate_bench.py                  # ~2-3 min on 2 CPU cores
+    python benchmarks/generate_bench.py --tokens 16 --d_model 256 --vocab 4096  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+PROMPT_LEN = 16
+
+
+def _best_of(cases: dict, repeats: int) -> dict[str, float]:
+    """Fastest wall time of ``run(setup())`` per case, over ``repeats`` rounds.
+
+    ``cases`` maps a name to ``(setup, run)``; only ``run`` is timed. The
+    cases alternate within each round (after one warm-up round), so a noisy
+    neighbour on a shared machine slows them alike and their ratios hold.
+    """
+    best = dict.fromkeys(cases, float("inf"))
+    for i in range(repeats + 1):
+        for name, (setup, run) in cases.items():
+            arg = setup()
+            t0 = time.perf_counter()
+            run(arg)
+            if i:  # round 0 compiles and warms up
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def time_ours(path: str, prompt: np.ndarray, args) -> dict[str, float]:
+    import jax
+
+    import prosg_jax as pj
+    from prosg_jax import prosg
+    from prosg_jax.config import TARGETS
+
+    cfg, params = pj.load_rwkv(path)
+
+    def decode_case(batch, **method):
+        rows = [list(prompt)] * batch
+
+        def setup():
+            return jax.block_until_ready(pj.prefill(cfg, params, rows, **method))
+
+        def run(prefilled):
+            jax.block_until_ready(pj.decode_chunk(cfg, params, *prefilled, args.tokens))
+
+        return setup, run
+
+    pc = pj.ProSGConfig(method="prosg", rank=args.rank, matrices=TARGETS[4])
+    sg = prosg.init(jax.random.key(1), cfg, pc)
+    sg = {n: {**p, "scale": np.float32(0.1)} for n, p in sg.items()}
+    cases = {
+        "ours_1": decode_case(1),
+        "ours_b": decode_case(args.batch),
+        "prosg_b": decode_case(args.batch, prosg_cfg=pc, sg_params=sg),
+    }
+    return _best_of(cases, args.repeats)
+
+
+def time_jaxrwkv(path: str, prompt: np.ndarray, args) -> dict[str, float] | None:
+    try:
+        from jaxrwkv import rwkv4
+    except ImportError:
+        return None
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    model = rwkv4.ScanRWKV
+    params, config = model.load_from_torch(
+        torch.load(path, map_location="cpu", weights_only=True), None, dtype=jnp.float32
+    )
+
+    def one_step(token, state):
+        logits, state = model.forward(params, token[None], state, config=config)
+        return jnp.argmax(logits[-1]).astype(jnp.int32), state
+
+    @jax.jit
+    def prefill(tokens):
+        logits, state = model.forward(
+            params, tokens, model.default_state(params, config), config=config
+        )
+        return jnp.argmax(logits[-1]).astype(jnp.int32), state
+
+    @jax.jit
+    def decode(token, state):  # batched: token [B], state [B, ...]
+        def body(carry, _):
+            tok, st = jax.vmap(one_step)(*carry)
+            return (tok, st), tok
+
+        return jax.lax.scan(body, (token, state), None, length=args.tokens)[1]
+
+    def decode_case(batch):
+        def setup():
+            tok, state = prefill(jnp.asarray(prompt, jnp.int32))
+            return jax.block_until_ready(
+                (jnp.repeat(tok[None], batch), jnp.repeat(state[None], batch, axis=0))
+            )
+
+        return setup, lambda start: jax.block_until_ready(decode(*start))
+
+    cases = {"jaxrwkv_1": decode_case(1), "jaxrwkv_b": decode_case(args.batch)}
+    return _best_of(cases, args.repeats)
+
+
+def time_reference(path: str, prompt: np.ndarray, args) -> float:
+    os.environ.update(RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+    from rwkv.model import RWKV
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = RWKV(model=path, strategy="cpu fp32", verbose=False)
+
+    def setup():
+        logits, state = model.forward(prompt.tolist(), None)
+        return int(logits.argmax()), state
+
+    def run(start):
+        tok, state = start
+        for _ in range(args.tokens):
+            logits, state = model.forward([tok], state)
+            tok = int(logits.argmax())
+
+    return _best_of({"rwkv": (setup, run)}, args.repeats)["rwkv"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d_model", type=int, default=512)
+    ap.add_argument("--n_layer", type=int, default=6)
+    ap.add_argument("--vocab", type=int, default=50277)
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens decoded per row")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--skip_reference", action="store_true", help="no rwkv package column")
+    ap.add_argument("--skip_jaxrwkv", action="store_true", help="no jaxrwkv column")
+    ap.add_argument("--reference_child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    prompt = np.random.default_rng(0).integers(0, args.vocab, PROMPT_LEN)
+
+    if args.reference_child:  # child process: time the reference only
+        print(time_reference(args.reference_child, prompt, args))
+        return
+
+    import jax
+    from official_ckpt import random_tensors, write_pth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = random_tensors(
+            4, vocab=args.vocab, c=args.d_model, n_layer=args.n_layer, ffn=4 * args.d_model
+        )
+        path = str(write_pth(tensors, Path(tmp) / "bench4.pth"))
+        del tensors
+        times = time_ours(path, prompt, args)
+        theirs = None if args.skip_jaxrwkv else time_jaxrwkv(path, prompt, args)
+        ref = None
+        if not args.skip_reference:
+            child = [sys.executable, __file__, "--reference_child", path]
+            child += [
+                f"--{k}={getattr(args, k)}" for k in ("vocab", "tokens", "repeats", "threads")
+            ]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_")}
+            out = subprocess.run(child, capture_output=True, text=True, env=env, check=True)
+            ref = float(out.stdout.strip().splitlines()[-1])
+
+    n, b = args.tokens, args.batch
+    device = jax.devices()[0].device_kind
+    print(
+        f"RWKV-4 L={args.n_layer} C={args.d_model} V={args.vocab} fp32, greedy decode of {n} "
+        f"tokens after a {PROMPT_LEN}-token prompt; JAX on {device}"
+    )
+
+    def rate(t, batch):
+        return f"{batch * n / t:10.1f} tok/s ({t * 1e3:8.1f} ms)"
+
+    print(f"  prosg_jax generate, batch 1   : {rate(times['ours_1'], 1)}")
+    print(f"  prosg_jax generate, batch {b:<4}: {rate(times['ours_b'], b)}")
+    if ref is not None:
+        print(f"  rwkv (reference), batch 1     : {rate(ref, 1)}")
+        print(f"  ratio prosg_jax/rwkv, batch 1 : {ref / times['ours_1']:.2f}x")
+    else:
+        print("  rwkv (reference)              : skipped (--skip_reference)")
+    if theirs is not None:
+        print(f"  jaxrwkv ScanRWKV, batch 1     : {rate(theirs['jaxrwkv_1'], 1)}")
+        print(f"  jaxrwkv ScanRWKV, batch {b:<4}  : {rate(theirs['jaxrwkv_b'], b)}")
+        r1 = theirs["jaxrwkv_1"] / times["ours_1"]
+        rb = theirs["jaxrwkv_b"] / times["ours_b"]
+        print(f"  ratio prosg_jax/jaxrwkv       : batch 1 {r1:.2f}x, batch {b} {rb:.2f}x")
+    else:
+        why = "--skip_jaxrwkv" if args.skip_jaxrwkv else "not installed: pip install jaxrwkv"
+        print(f"  jaxrwkv                       : skipped ({why})")
+    print(
+        f"  ProSG decode (rank {args.rank}, every target of every layer) / plain decode, "
+        f"batch {b}: {times['prosg_b'] / times['ours_b']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

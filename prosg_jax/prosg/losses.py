@@ -1,0 +1,172 @@
+"""Training losses: the continuation loss under the deltas, and SG matching.
+
+A :class:`Batch` is prompts plus the continuation to score. The continuation
+is read exactly as generation reads it: the base model reads each prompt up
+to its last token, the deltas are derived from the whole prompt, and the last
+prompt token is replayed under the deltas, so its logits — which predict the
+first continuation token — are already under the deltas. The continuation is
+teacher forced after it in the same parallel pass.
+
+Axis legend: ``B`` batch, ``P`` prompt length, ``K`` continuation length.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.lowrank import factored_inner, truncate_factored
+from prosg_jax.models.layers import Deltas
+from prosg_jax.models.lm import check_params, check_tokens, forward_core
+from prosg_jax.prosg.ablations import derive
+from prosg_jax.prosg.grads import factored_grads, masked_cross_entropy, per_example_ce
+from prosg_jax.prosg.sg import check_sg_params
+from prosg_jax.prosg.states import PromptTail, check_right_padded
+
+
+class Batch(NamedTuple):
+    """A ProSG training batch: prompts, then the continuation to score.
+
+    Attributes:
+      prompts: ``int32[B, P]`` prompts, right-padded with 0.
+      prompt_lengths: ``int32[B]`` real prompt lengths, each in ``[1, P]``.
+      targets: ``int32[B, K]`` the continuation tokens that follow each
+        prompt, right-padded. ``targets[:, 0]`` is predicted by the logits
+        after the prompt's last token (replayed under the deltas),
+        ``targets[:, t]`` by those after ``targets[:, t - 1]`` (teacher
+        forcing): the first continuation token is scored too.
+      loss_mask: ``float32[B, K]`` 1 where ``targets`` is scored, aligned
+        with ``targets`` (0 on padding). A row with no scored token adds
+        nothing to either loss.
+    """
+
+    prompts: Int[Array, "B P"]
+    prompt_lengths: Int[Array, " B"]
+    targets: Int[Array, "B K"]
+    loss_mask: Float[Array, "B K"]
+
+
+def continuation_inputs(
+    tail: PromptTail, targets: Int[Array, "B K"]
+) -> tuple[Int[Array, "B K"], Int[Array, "B K"]]:
+    """``(inputs, positions)`` that teacher-force ``targets`` after the prompts.
+
+    The inputs are each prompt's last token (the replay) followed by
+    ``targets[:, :-1]``; positions continue from the last prompt token's.
+    """
+    inputs = jnp.concatenate([tail.token[:, None], targets[:, :-1]], axis=1)
+    positions = tail.position[:, None] + jnp.arange(targets.shape[1], dtype=jnp.int32)[None]
+    return inputs, positions
+
+
+def _check_batch(model_cfg: RWKVConfig, batch: Batch) -> None:
+    check_right_padded(model_cfg, batch.prompts, batch.prompt_lengths, what="batch.prompts")
+    check_tokens(model_cfg, batch.targets, ndim=2, what="batch.targets")
+    if np.shape(batch.targets)[0] != np.shape(batch.prompts)[0]:
+        raise ValueError(
+            f"batch.targets has {np.shape(batch.targets)[0]} rows, batch.prompts "
+            f"{np.shape(batch.prompts)[0]}"
+        )
+    if np.shape(batch.loss_mask) != np.shape(batch.targets):
+        raise ValueError(
+            f"batch.loss_mask shape {np.shape(batch.loss_mask)} != batch.targets shape "
+            f"{np.shape(batch.targets)}"
+        )
+
+
+def sg_match_loss(
+    model_cfg: RWKVConfig,
+    params: dict,
+    prosg_cfg: ProSGConfig,
+    deltas: Deltas,
+    tail: PromptTail,
+    batch: Batch,
+) -> Float[Array, ""]:
+    """Pulls each ``ΔW = s U Vᵀ`` toward the rank-r true update ``-η ∂L_cont/∂W``.
+
+    The true per-example gradient of the continuation loss is taken at the
+    current deltas and held fixed (training-time only; Jaderberg et al.
+    2016), factored from one backward pass and truncated to rank r. The
+    error is the squared Frobenius distance normalised by the target's
+    squared norm, computed from ``R × R`` Gram matrices; it is averaged over
+    the examples that have a scored token (and a non-zero target) and then
+    over targets. With no such example it is 0.
+    """
+    names = tuple(deltas)
+    inputs, positions = continuation_inputs(tail, batch.targets)
+
+    def losses(logits):
+        return per_example_ce(logits, batch.targets, batch.loss_mask)
+
+    grads = factored_grads(
+        model_cfg,
+        jax.lax.stop_gradient(params),
+        inputs,
+        jax.lax.stop_gradient(tail.state),
+        names,
+        losses,
+        deltas=jax.lax.stop_gradient(deltas),
+        positions=positions,
+    )
+    scored = jnp.asarray(batch.loss_mask).sum(-1) > 0
+    total = jnp.zeros(())
+    for i, n in enumerate(names):
+        u_t, v_t = jax.lax.stop_gradient(
+            truncate_factored(
+                -prosg_cfg.sg_match_lr * grads[n].err,
+                grads[n].inputs,
+                prosg_cfg.rank,
+                key=jax.random.fold_in(jax.random.key(prosg_cfg.sketch_seed), i),
+                iters=prosg_cfg.power_iters,
+            )
+        )
+        d = deltas[n]
+        scale = jnp.asarray(d.scale, jnp.float32)
+        u = d.u * (scale.reshape(-1, 1, 1) if scale.ndim else scale)
+        target_sq = factored_inner(u_t, v_t, u_t, v_t)
+        err = factored_inner(u, d.v, u, d.v) - 2 * factored_inner(u, d.v, u_t, v_t) + target_sq
+        valid = scored & (target_sq > 0)
+        rel = jnp.maximum(err, 0.0) / jnp.where(valid, target_sq, 1.0)
+        total = total + jnp.where(valid, rel, 0.0).sum() / jnp.maximum(valid.sum(), 1)
+    return total / len(names)
+
+
+def continuation_loss(
+    model_cfg: RWKVConfig,
+    params: dict,
+    sg_params: dict | None,
+    prosg_cfg: ProSGConfig,
+    batch: Batch,
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """LM loss on the continuation with the prompt's deltas applied from its first token.
+
+    The base model is frozen (``stop_gradient``) unless ``prosg_cfg.train_base``.
+    With ``sg_match_weight > 0`` (``method="prosg"``) the synthetic-gradient
+    matching loss is added.
+
+    Returns:
+      ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token)
+      and ``sg_match``.
+    """
+    check_params(model_cfg, params)
+    _check_batch(model_cfg, batch)
+    check_sg_params(model_cfg, prosg_cfg, sg_params)
+    if not prosg_cfg.train_base:
+        params = jax.lax.stop_gradient(params)
+    deltas, tail = derive(
+        model_cfg, params, sg_params, prosg_cfg, batch.prompts, batch.prompt_lengths
+    )
+    inputs, positions = continuation_inputs(tail, batch.targets)
+    logits, _, _ = forward_core(
+        model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
+    )
+    ce = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
+    match = jnp.zeros(())
+    if prosg_cfg.sg_match_weight > 0 and prosg_cfg.method == "prosg":
+        match = sg_match_loss(model_cfg, params, prosg_cfg, deltas, tail, batch)
+    return ce + prosg_cfg.sg_match_weight * match, {"ce": ce, "sg_match": match}
