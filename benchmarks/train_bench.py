@@ -203,7 +203,7 @@ def bench_train(args, impl: str) -> None:
 
     def loss(p, tok):
         state = pj.init_state(cfg, b)
-        logits, _, _ = forward_core(cfg, p, tok[:, :-1], state, None, None, capture=False)
+        logits, _, _ = forward_core(cfg, p, tok[:, :-1], state)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
 
     compile_s, sec, temp = _time(jax.value_and_grad(loss), (params, tokens), args.steps)
@@ -236,9 +236,7 @@ def bench_prefill(args, impl: str) -> None:
         tokens = jax.random.randint(jax.random.key(2), (b, args.seq_len), 0, args.vocab, jnp.int32)
 
         def fwd(p, tok, b=b):
-            logits, state, _ = forward_core(
-                cfg, p, tok, pj.init_state(cfg, b), None, None, capture=False
-            )
+            logits, state, _ = forward_core(cfg, p, tok, pj.init_state(cfg, b))
             return logits[:, -1], state
 
         compile_s, sec, _ = _time(fwd, (params, tokens), args.steps)

@@ -249,7 +249,7 @@ def test_model_chunked_equals_scan_with_gradients(version):
         c = cfg.replace(wkv_impl=impl)
 
         def loss(params, state):
-            logits, new_state, _ = forward_core(c, params, tokens, state, None, positions, False)
+            logits, new_state, _ = forward_core(c, params, tokens, state, positions=positions)
             s_sum = sum(jnp.sum(jnp.tanh(x)) for x in jax.tree.leaves(new_state))
             return jnp.vdot(logits, ct) + s_sum, (logits, new_state)
 
