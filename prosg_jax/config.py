@@ -227,6 +227,10 @@ class ProSGConfig:
       sg_match_lr: step size that turns the true continuation gradient into the
         update ``-η G`` the SG deltas are pulled toward (finite).
       train_base: whether the continuation loss also trains the base model.
+      sg_lookahead: whether ``δ̂_t`` also sees the next prompt position's hidden
+        ``h_{t+1}``. A true gradient's error at ``t`` depends on the token
+        that follows ``t``; the whole prompt is known when the deltas are
+        derived, so the SG module may read it too.
     """
 
     method: str = "prosg"
@@ -243,6 +247,7 @@ class ProSGConfig:
     sg_match_weight: float = 0.0
     sg_match_lr: float = 1.0
     train_base: bool = False
+    sg_lookahead: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -264,8 +269,9 @@ class ProSGConfig:
             raise ValueError(
                 f"ProSGConfig.sg_match_weight must be >= 0, got {self.sg_match_weight}"
             )
-        if not isinstance(self.train_base, bool):
-            raise ValueError(f"ProSGConfig.train_base must be a bool, got {self.train_base!r}")
+        for name in ("train_base", "sg_lookahead"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ProSGConfig.{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "matrices", _name_tuple(self.matrices))
         if self.layers is not None:
             object.__setattr__(self, "layers", _layer_tuple(self.layers))

@@ -666,3 +666,54 @@ def test_true_grad_examples_are_isolated(model):
                 np.asarray(materialize(a[name], i)), np.asarray(materialize(b[name], i))
             )
         assert not np.allclose(materialize(a[name], 1), materialize(b[name], 1), atol=1e-6)
+
+
+def test_forget_rows_continue_from_an_empty_state_under_the_deltas(model):
+    """``forget`` rows score the continuation from init_state; other rows are untouched."""
+    cfg, params = model
+    pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
+    sg = _sg(cfg, pc, scale=2.0)
+    prompts, lengths = _prompts()
+    batch = _batch(prompts, lengths, 6, seed=4)
+    forget = jnp.asarray([True, False, True])
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    empty = pj.init_state(cfg, 3)
+    state = jax.tree.map(
+        lambda e, s: jnp.where(forget.reshape((-1,) + (1,) * (s.ndim - 1)), e, s), empty, tail.state
+    )
+    logits, _ = _replay(cfg, params, tail._replace(state=state), deltas, batch.targets[:, :-1])
+    logp = jax.nn.log_softmax(logits)
+    want = -jnp.take_along_axis(logp, batch.targets[..., None], -1).mean()
+    got, _ = prosg.continuation_loss(cfg, params, sg, pc, batch, forget=forget)
+    np.testing.assert_allclose(float(got), float(want), atol=1e-5, rtol=0)
+    kept, _ = prosg.continuation_loss(cfg, params, sg, pc, batch, forget=jnp.zeros(3, bool))
+    plain, _ = prosg.continuation_loss(cfg, params, sg, pc, batch)
+    assert float(kept) == float(plain)
+    assert abs(float(got) - float(plain)) > 1e-3
+    with pytest.raises(ValueError, match="forget shape"):
+        prosg.continuation_loss(cfg, params, sg, pc, batch, forget=jnp.zeros(2, bool))
+
+
+def test_lookahead_sg_sees_the_next_prompt_position_and_nothing_later(model):
+    """With sg_lookahead, δ̂_t depends on h_{t+1} (never h_{t+2}); without it, on h_t alone."""
+    cfg, params = model
+    h = jax.random.normal(jax.random.key(3), (1, 10, cfg.d_model))
+    layer_state = pj.init_state(cfg, 1)[0]
+    t = 4
+    for lookahead in (False, True):
+        pc = ProSGConfig(rank=4, matrices=("att.value",), sg_lookahead=lookahead)
+        sg = _sg(cfg, pc)["blocks.0.att.value"]
+        assert ("ln_next" in sg) == lookahead
+
+        def error_at_t(hidden, sg=sg):
+            return np.asarray(prosg.predict_errors(cfg, sg, hidden, layer_state)[0][0, t])
+
+        base = error_at_t(h)
+        # Not a constant shift: the layer norms would remove it.
+        bump = jax.random.normal(jax.random.key(4), (cfg.d_model,))
+        next_moved = np.abs(error_at_t(h.at[0, t + 1].add(bump)) - base).max()
+        later_moved = np.abs(error_at_t(h.at[0, t + 2].add(bump)) - base).max()
+        assert (next_moved > 1e-4) == lookahead
+        assert later_moved == 0.0
+    last = np.asarray(prosg.predict_errors(cfg, sg, h, layer_state)[0][0, -1])
+    assert np.isfinite(last).all()  # the last prompt token looks ahead at zeros

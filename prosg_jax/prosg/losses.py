@@ -17,12 +17,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.lowrank import factored_inner, truncate_factored
 from prosg_jax.models.layers import Deltas
-from prosg_jax.models.lm import check_params, check_tokens, forward_core
+from prosg_jax.models.lm import check_params, check_tokens, forward_core, init_state
 from prosg_jax.prosg.ablations import derive
 from prosg_jax.prosg.grads import factored_grads, masked_cross_entropy, per_example_ce
 from prosg_jax.prosg.sg import check_sg_params
@@ -136,18 +136,35 @@ def sg_match_loss(
     return total / len(names)
 
 
+def _forget_rows(model_cfg: RWKVConfig, state, forget: Bool[Array, " B"]):
+    """``state`` with the rows marked in ``forget`` replaced by the empty state."""
+    empty = init_state(model_cfg, forget.shape[0])
+
+    def pick(fresh, kept):
+        return jnp.where(forget.reshape((-1,) + (1,) * (kept.ndim - 1)), fresh, kept)
+
+    return jax.tree.map(pick, empty, state)
+
+
 def continuation_loss(
     model_cfg: RWKVConfig,
     params: dict,
     sg_params: dict | None,
     prosg_cfg: ProSGConfig,
     batch: Batch,
+    *,
+    forget: Bool[Array, " B"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """LM loss on the continuation with the prompt's deltas applied from its first token.
 
     The base model is frozen (``stop_gradient``) unless ``prosg_cfg.train_base``.
     With ``sg_match_weight > 0`` (``method="prosg"``) the synthetic-gradient
     matching loss is added.
+
+    ``forget`` (training-time augmentation) marks rows whose continuation starts
+    from an empty recurrent state instead of the prompt's: there the deltas
+    alone carry the prompt, as they must once a long generation has overwritten
+    the state.
 
     Returns:
       ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token)
@@ -161,6 +178,12 @@ def continuation_loss(
     deltas, tail = derive(
         model_cfg, params, sg_params, prosg_cfg, batch.prompts, batch.prompt_lengths
     )
+    if forget is not None:
+        if np.shape(forget) != np.shape(batch.prompt_lengths):
+            raise ValueError(
+                f"forget shape {np.shape(forget)} != batch {np.shape(batch.prompt_lengths)}"
+            )
+        tail = tail._replace(state=_forget_rows(model_cfg, tail.state, jnp.asarray(forget, bool)))
     inputs, positions = continuation_inputs(tail, batch.targets)
     logits, _, _ = forward_core(
         model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions

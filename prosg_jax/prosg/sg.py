@@ -6,6 +6,9 @@ and its final recurrent state ``S_P``::
     z_t = LN(h_t),   c_t = LN(read(S_P, W_s z_t)),
     δ̂_t = W_2 gelu(W_1 [z_t; c_t] + b_1)
 
+and with ``sg_lookahead`` also ``n_t = LN'(h_{t+1})`` (0 after the last
+prompt token): ``δ̂_t = W_2 gelu(W_1 [z_t; c_t; n_t] + b_1)``.
+
 ``read`` queries the state: per head ``S_P q`` for RWKV-7, ``(a_P / b_P) ⊙ q``
 (the WKV average) for RWKV-4. Compressed to rank r (:mod:`.compress`), this
 gives ``ΔW = s U Vᵀ`` with a learned per-target scale ``s`` initialised to 0,
@@ -40,6 +43,7 @@ def init(key: Array, model_cfg: RWKVConfig, prosg_cfg: ProSGConfig) -> dict:
     parameter once the scale has moved.
     """
     c, hid, kd = model_cfg.d_model, prosg_cfg.sg_hidden, prosg_cfg.key_dim
+    n_in = (3 if prosg_cfg.sg_lookahead else 2) * c
     sg = {}
     for i, name in enumerate(prosg_cfg.targets(model_cfg)):
         d_out, _ = target_shape(model_cfg, name)
@@ -48,13 +52,15 @@ def init(key: Array, model_cfg: RWKVConfig, prosg_cfg: ProSGConfig) -> dict:
             "ln": ln_params(c),
             "ln_read": ln_params(c),
             "w_state": jax.random.normal(k[0], (c, c)) / math.sqrt(c),
-            "w_in": jax.random.normal(k[1], (2 * c, hid)) / math.sqrt(2 * c),
+            "w_in": jax.random.normal(k[1], (n_in, hid)) / math.sqrt(n_in),
             "b_in": jnp.zeros((hid,)),
             "w_out": jax.random.normal(k[2], (hid, d_out)) / math.sqrt(hid),
             "kappa": jax.random.normal(k[3], (c, kd)) / math.sqrt(c),
             "queries": jax.random.normal(k[4], (prosg_cfg.rank, kd)),
             "scale": jnp.zeros(()),
         }
+        if prosg_cfg.sg_lookahead:
+            sg[name]["ln_next"] = ln_params(c)
     return sg
 
 
@@ -120,10 +126,20 @@ def _read_state(cfg: RWKVConfig, layer_state, q: Float[Array, "B P C"]) -> Float
 def predict_errors(
     cfg: RWKVConfig, sg: dict, h: Float[Array, "B P C"], layer_state
 ) -> tuple[Float[Array, "B P O"], Float[Array, "B P C"]]:
-    """``(δ̂_t, z_t)``: the predicted output-side errors and the normalised hiddens."""
-    z = layer_norm(h.astype(jnp.float32), sg["ln"])
+    """``(δ̂_t, z_t)``: the predicted output-side errors and the normalised hiddens.
+
+    ``h`` is left-aligned (the last column is every row's last prompt token),
+    so ``h_{t+1}`` is a shift by one column; ``sg`` holds ``ln_next`` exactly
+    when the SG module looks ahead.
+    """
+    h = h.astype(jnp.float32)
+    z = layer_norm(h, sg["ln"])
     read = layer_norm(_read_state(cfg, layer_state, z @ sg["w_state"]), sg["ln_read"])
-    hidden = jax.nn.gelu(jnp.concatenate([z, read], -1) @ sg["w_in"] + sg["b_in"])
+    features = [z, read]
+    if "ln_next" in sg:
+        following = layer_norm(h[:, 1:], sg["ln_next"])
+        features.append(jnp.pad(following, ((0, 0), (0, 1), (0, 0))))
+    hidden = jax.nn.gelu(jnp.concatenate(features, -1) @ sg["w_in"] + sg["b_in"])
     return hidden @ sg["w_out"], z
 
 
