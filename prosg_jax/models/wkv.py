@@ -9,8 +9,9 @@ implementations that agree to float32 rounding, chosen by
   oracle the other implementation is tested against.
 * ``"chunked"``: time is cut into chunks of ``CHUNK`` tokens. The work inside
   a chunk runs for every chunk at once; a ``lax.scan`` over chunks carries
-  only the chunk-boundary states, and its body is rematerialised
-  (``jax.checkpoint``) so that backward stores nothing else per chunk.
+  only the chunk-boundary states. Both are rematerialised in backward
+  (``jax.checkpoint``), which therefore stores the inputs and one state per
+  chunk — not one per token, as the scan does.
 * ``"auto"``: ``"chunked"`` for ``T > 1``, except RWKV-4 on a CPU, where the
   per-token scan is the faster one.
 
@@ -221,7 +222,7 @@ def _intra7(r, lw, k, v, alpha, beta, seg):
         carry = carry * (seg[..., -1] == 0)[:, :, None, None]
     return (
         jnp.concatenate([wu[..., :n], q], axis=-2),  # how [U; Y] read S_0: [W; Q]
-        jnp.concatenate([wu[..., n:], a_rk @ v + qy[..., n:]], axis=-2),  # and the rest: [Ũ; Y']
+        jnp.concatenate([wu[..., n:], a_rk @ v + qy[..., n:]], axis=-2),  # the rest: [Ũ; Y_intra]
         jnp.concatenate([k * to_end, beta * to_end], axis=-2),  # how [v; u] write S_L
         v,
         carry,
@@ -338,38 +339,38 @@ def _chunked4(decay, first, k, v, state, reset, chunk):
     # the padding's decay makes it arrive at the first real token unchanged.
     a0, b0, p0 = state
     state = (a0, b0, p0 - pad * decay)
-    k_c = jnp.swapaxes(_chunks(k, chunk, fill=P_EMPTY), 1, 2)  # [K, L, B, C]
-    v_c = jnp.swapaxes(_chunks(v, chunk), 1, 2)
-    r_c = None if reset is None else jnp.swapaxes(_chunks(reset, chunk), 1, 2)  # [K, L, B]
-    empty = (jnp.zeros_like(k_c[:, 0]),) * 2 + (jnp.full_like(k_c[:, 0], P_EMPTY),)
+    k_c, v_c = _chunks(k, chunk, fill=P_EMPTY), _chunks(v, chunk)  # [K, B, L, C]
+    r_c = None if reset is None else _chunks(reset, chunk)  # [K, B, L]
 
     def local(carry, x):
         return _step4(decay, first, carry, *x)
 
-    xs = (jnp.swapaxes(k_c, 0, 1), jnp.swapaxes(v_c, 0, 1))
-    xs += (None if r_c is None else jnp.swapaxes(r_c, 0, 1),)
+    def time_first(x):
+        return None if x is None else jnp.moveaxis(x, 2, 0)
+
+    empty = (jnp.zeros_like(k_c[:, :, 0]),) * 2 + (jnp.full_like(k_c[:, :, 0], P_EMPTY),)
+    xs = (time_first(k_c), time_first(v_c), time_first(r_c))
     summary, outs = jax.lax.scan(local, empty, xs)  # over L, all chunks at once
-    outs = tuple(jnp.swapaxes(o, 0, 1) for o in outs)  # [K, L, B, C]
+    outs = tuple(jnp.moveaxis(o, 0, 2) for o in outs)  # [K, B, L, C]
     if r_c is None:
         sees_state, cut = None, None
     else:
-        sees_state = jnp.cumsum(r_c, axis=1) == 0  # no reset yet at local t
-        cut = r_c.any(axis=1)
-    offsets = jnp.arange(chunk, dtype=decay.dtype)[:, None, None] * decay  # [L, 1, C]
+        sees_state = jnp.cumsum(r_c, axis=-1) == 0  # no reset yet at local t
+        cut = r_c.any(axis=-1)
+    offsets = jnp.arange(chunk, dtype=decay.dtype)[:, None] * decay  # [L, C]
 
     @jax.checkpoint
     def body(s, x):
         (num, den, q), sum_c, sees, cut_c = x
-        a_s, b_s, p_s = s
+        a_s, b_s, p_s = (z[:, None] for z in s)
         p_t = p_s + offsets
         if sees is not None:
             p_t = jnp.where(sees[..., None], p_t, P_EMPTY)
         num, den, _ = _log_add((a_s, b_s, p_t), (num, den, q))
-        p_end = p_s + chunk * decay
+        p_end = s[2] + chunk * decay
         if cut_c is not None:
             p_end = jnp.where(cut_c[:, None], P_EMPTY, p_end)
-        return _log_add((a_s, b_s, p_end), sum_c), num / den
+        return _log_add((s[0], s[1], p_end), sum_c), num / den
 
     state, y = jax.lax.scan(body, state, (outs, summary, sees_state, cut))
-    y = jnp.swapaxes(y, 1, 2)  # [K, B, L, C]
     return _unchunk(y, length), state
