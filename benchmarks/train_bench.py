@@ -104,6 +104,8 @@ def _op_inputs(version: int, shape: tuple[int, int, int, int]):
     import jax
     import jax.numpy as jnp
 
+    from prosg_jax.models import wkv
+
     b, t, h, n = shape
     keys = iter(jax.random.split(jax.random.key(0), 8))
 
@@ -112,7 +114,7 @@ def _op_inputs(version: int, shape: tuple[int, int, int, int]):
 
     if version == 4:
         c = h * n
-        state = (jnp.zeros((b, c)), jnp.zeros((b, c)), jnp.full((b, c), -1e30))
+        state = (jnp.zeros((b, c)), jnp.zeros((b, c)), jnp.full((b, c), wkv.P_EMPTY))
         return (-jnp.exp(normal(c)), normal(c), normal(b, t, c), normal(b, t, c), state, None)
     kk = normal(b, t, h, n)
     kk = kk / jnp.linalg.norm(kk, axis=-1, keepdims=True)
