@@ -36,7 +36,7 @@ from prosg_jax.train import experiment
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.loop import Context, Params, Preempted, StopFlag, host_params, run_stage
 
-__all__ = ["Preempted", "check_workdir", "train"]
+__all__ = ["Params", "Preempted", "check_workdir", "train"]
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
@@ -89,11 +89,13 @@ def initial_base(config, workdir: Path, exp: experiment.Experiment, first_stage:
     )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Params:
     """Runs ``config.train.stages`` in ``workdir``, resuming where a previous run stopped.
 
     Returns:
-      The workdir.
+      The final parameters (host numpy): ``.base`` (the LM) and ``.sg`` (the
+      SG module; None without a ProSG stage) — what :func:`prosg_jax.load_run`
+      reads back from the workdir.
 
     Raises:
       UserError: a problem to fix in the config, command line or workdir.
@@ -142,4 +144,4 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path
             ctx.stages_done.append(stage)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return workdir
+    return params

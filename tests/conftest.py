@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import jax
 import pytest
 
 # Tests compare float32 results at 1e-5..1e-4; keep XLA from using bf16 passes.
 jax.config.update("jax_default_matmul_precision", "highest")
+# The train/eval tests run the same tiny programs many times (every train() call
+# jits afresh): a persistent compilation cache for this session saves most of it.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="prosg_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 sys.path.insert(0, os.path.dirname(__file__))
 
 from official_ckpt import random_tensors  # noqa: E402
@@ -28,3 +33,15 @@ def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):
 def model(request):
     """A tiny random model of each version (vocab 97, C 128, 2 layers)."""
     return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A workdir after 2 base and 2 prosg steps of the tiny experiment: (workdir, Params)."""
+    from train_fixtures import tiny_config
+
+    from prosg_jax import train_lib
+
+    workdir = tmp_path_factory.mktemp("trained_run")
+    params = train_lib.train(tiny_config(), workdir)
+    return workdir, params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -82,7 +83,7 @@ def _data_settings(ctx: Context, stage: str) -> data_lib.DataSettings:
 def stage_meta(ctx: Context, stage: str, prosg_cfg) -> dict:
     """What must not change across a restart of ``stage`` (and the config, for reference)."""
     c = ctx.config
-    return {
+    meta = {
         "model": experiment.shape_of(ctx.exp.model),
         "prosg": None if stage == "base" else dataclasses.asdict(prosg_cfg),
         "data": {
@@ -102,6 +103,7 @@ def stage_meta(ctx: Context, stage: str, prosg_cfg) -> dict:
         },
         "config": c.to_dict(),
     }
+    return json.loads(json.dumps(meta))  # as it reads back from the checkpoint (lists, not tuples)
 
 
 def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:

@@ -19,6 +19,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path, stage: str, *, start: int, total: int, bar: bool):
         self.stage = stage
+        self.step = start  # completed steps of the stage
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -44,6 +45,8 @@ class MetricsWriter:
             )
 
     def advance(self, n: int = 1) -> None:
+        """Counts ``n`` completed steps (moves the bar)."""
+        self.step += n
         if self._bar is not None:
             self._bar.update(n)
 

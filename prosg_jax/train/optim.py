@@ -25,7 +25,7 @@ def schedule(train_cfg, stage_cfg) -> optax.Schedule:
     updates = max(1, -(-stage_cfg.steps // accum))
     warmup = min(stage_cfg.warmup_steps // accum, updates - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else stage_cfg.lr,
+        init_value=stage_cfg.lr / (warmup + 1),  # the first update already moves
         peak_value=stage_cfg.lr,
         warmup_steps=warmup,
         decay_steps=max(updates, warmup + 1),
