@@ -306,10 +306,10 @@ def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
     """One teacher-forced pass per example.
 
     Returns:
-      ``(nll, count, hits)``: per-example summed answer-token NLL and answer
-      token count, and per answer row whether every answer token is the
+      ``(nll, count, hits, first)``: per-example summed answer-token NLL and
+      answer token count; per answer row whether every answer token is the
       argmax given the true prefix — which is exactly when greedy decoding
-      reproduces the answer.
+      reproduces the answer — and the argmax at the answer's first token.
     """
     prosg_cfg = _method_config(run.prosg_cfg, method)
     sg = run.sg_params if prosg_cfg.method == "prosg" else None
@@ -333,13 +333,15 @@ def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
         for j, i in enumerate(idx):
             nll[i], count[i], preds[i] = out_nll[j], arrays["loss_mask"][j].sum(), out_pred[j]
     hits = np.zeros(len(es.answers), bool)
+    first = np.zeros(len(es.answers), np.int32)
     row = 0
     for e, ex in enumerate(es.examples):
         for start, end in zip(ex["answer_start"], ex["answer_end"], strict=True):
             # prediction k is for cont[k + 1]: the answer cont[start:end] is preds[start-1:end-1]
             hits[row] = np.array_equal(preds[e][start - 1 : end - 1], ex["cont"][start:end])
+            first[row] = preds[e][start - 1]
             row += 1
-    return nll, count, hits
+    return nll, count, hits, first
 
 
 def _per_seed(es: EvalSet, hits, nll, count, n_seeds):
@@ -454,7 +456,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         results["n_answers"][kind][label] = len(es.answers)
         for m in methods:
             t = time.time()
-            nll, count, hits = teacher_forced(run, es, m, ev.batch_size)
+            nll, count, hits, _ = teacher_forced(run, es, m, ev.batch_size)
             if ev.exact_match == "generate":
                 hits = exact_match(run, es, m, ev.batch_size)
             accs, ppls = _per_seed(es, hits, nll, count, len(seeds))

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import jax
 import pytest
 
 # Tests compare float32 results at 1e-5..1e-4; keep XLA from using bf16 passes.
 jax.config.update("jax_default_matmul_precision", "highest")
-# The train/eval tests run the same tiny programs many times (every train() call
-# jits afresh): a persistent compilation cache for this session saves most of it.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="prosg_jax_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 sys.path.insert(0, os.path.dirname(__file__))
 
 from official_ckpt import random_tensors  # noqa: E402
@@ -33,6 +28,16 @@ def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):
 def model(request):
     """A tiny random model of each version (vocab 97, C 128, 2 layers)."""
     return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """The train/eval tests run the same tiny programs many times (every train() call
+    jits afresh): a persistent compilation cache for the session saves most of it."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
 
 
 @pytest.fixture(scope="session")

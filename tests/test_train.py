@@ -12,7 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from train_fixtures import ROOT, read_metrics, tiny_config
+from train_fixtures import PR_TRAIN, ROOT, read_metrics, tiny_config
 
 import prosg_jax as pj
 from prosg_jax import train_lib
@@ -59,6 +59,7 @@ def test_joint_stage_trains_base_and_sg(trained_run, tmp_path):
     workdir, params = trained_run
     config = tiny_config(joint=1)
     config.train.stages = "joint"
+    config.train.joint.mixture = PR_TRAIN  # one batch shape: one compile
     config.init_from = str(workdir / "base.safetensors")
     out = train_lib.train(config, tmp_path)
     changed = [
@@ -181,6 +182,7 @@ _MESH_SCRIPT = textwrap.dedent(
     from prosg_jax.data.tokenizers import get_tokenizer
     assert jax.device_count() == 8
     config = tiny_config()
+    config.data.train_mixture = sys.argv[2]  # one dataset: one batch shape per stage
     exp = experiment.build(config)
     workdir = sys.argv[1]
     settings = data_lib.DataSettings(
@@ -227,7 +229,7 @@ def test_data_parallel_and_fsdp_steps_match_one_device(tmp_path):
     for name in (PR_TRAIN, MQAR_TRAIN):
         data_lib.prepare(data_lib.parse_dataset(name), str(tmp_path))
     proc = _script(
-        ["-c", _MESH_SCRIPT, str(tmp_path)],
+        ["-c", _MESH_SCRIPT, str(tmp_path), PR_TRAIN],
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
     )

@@ -43,6 +43,7 @@ def tiny_config(**steps):
     c.train.checkpoint_every = 2
     c.train.progress_bar = False
     c.eval.distances = "16,32"
+    c.eval.num_facts = 2
     c.eval.mqar = "l32_kv4_voc64"
     c.eval.num_examples = 2
     c.eval.seeds = "0,1"
