@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Training: stages run in order; each has its own steps, batch size and schedule.
     config.train = ml_collections.ConfigDict()
     config.train.stages = "base,prosg"  # any of base (the LM), prosg (SG module), joint (both)
-    for name, steps, lr, batch in (("base", 150, 3e-3, 8), ("prosg", 150, 3e-3, 16)):
+    for name, steps, lr, batch in (("base", 100, 3e-3, 8), ("prosg", 100, 3e-3, 8)):
         stage = ml_collections.ConfigDict()
         stage.steps = steps  # optimizer micro-steps (batches) of this stage; 0 = skip training
         stage.lr = lr  # peak learning rate
@@ -105,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.distances = "64,256,1024"  # distractor lengths D (longer than training too)
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)
-    config.eval.num_examples = 16  # test examples per distance and seed
+    config.eval.num_examples = 8  # test examples per distance and seed
     config.eval.seeds = "0,1,2"  # seed s scores test examples [s*n, (s+1)*n): mean and std
     config.eval.batch_size = 32  # rows per jitted generation batch
     config.eval.sg_checkpoint = ""  # with init_from: the SG params (a workdir or prosg file)

@@ -56,6 +56,9 @@ def run(main) -> None:
         if not flags.FLAGS["verbosity"].present:
             # Orbax and tfds log every file they touch at INFO; keep the console readable.
             logging.set_verbosity(logging.WARNING)
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # dataset generation is quick; keep one bar, ours
         try:
             main(argv)
         except USER_ERRORS as e:

@@ -39,6 +39,7 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from prosg_jax import prosg
 from prosg_jax.data import build, mqar, prompt_retention
@@ -197,7 +198,13 @@ def prepare(spec: DatasetSpec, directory: str) -> tfds.core.DatasetBuilder:
     """
 
     def _build():
-        return build.build_dataset(spec.dataset, data_dir=directory, config=spec.config)
+        # tfds warns "Using custom data configuration" for every custom name: expected here.
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        try:
+            return build.build_dataset(spec.dataset, data_dir=directory, config=spec.config)
+        finally:
+            absl_logging.set_verbosity(verbosity)
 
     if jax.process_count() == 1:
         return _build()
