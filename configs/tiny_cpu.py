@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # TFDS data dir; "" = <workdir>/tfds
     # Datasets with mixture weights ("name:weight,..."), optionally a curriculum of
     # phases by stage step ("0=A:1;300=A:1,B:1"). Each batch comes from one dataset.
-    config.data.train_mixture = "prompt_retention/d64_f4_n4000:1,prompt_retention/d256_f4_n4000:1"
+    config.data.train_mixture = (
+        "prompt_retention/d64_f4_n4000:2,prompt_retention/d256_f4_n4000:2,"
+        "mqar/l128_kv8_voc256_n4000:1"
+    )
     config.data.loss_on = "all"  # "answers": score answer tokens only; "all": every token
     config.data.answer_weight = 4.0  # weight of answer tokens relative to others (loss_on="all")
     config.data.seq_len = 512  # row length of packed base-stage batches

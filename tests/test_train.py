@@ -71,6 +71,18 @@ def test_joint_stage_trains_base_and_sg(trained_run, tmp_path):
     assert (tmp_path / "prosg.safetensors").is_file()
 
 
+def test_prosg_on_a_frozen_init_from_base(trained_run, tmp_path):
+    workdir, params = trained_run
+    config = tiny_config(prosg=1)
+    config.train.stages = "prosg"
+    config.data.train_mixture = PR_TRAIN
+    config.init_from = str(workdir / "base.safetensors")
+    train_lib.train(config, tmp_path)
+    run = pj.load_run(tmp_path)  # the frozen base is exported too: the workdir stands alone
+    _leaves_equal(run.params, params.base)
+    assert run.sg_params is not None
+
+
 def test_base_loss_falls(tmp_path):
     config = tiny_config(base=30)
     config.train.stages = "base"

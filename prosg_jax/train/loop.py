@@ -110,7 +110,8 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     """Writes base.safetensors / prosg.safetensors / run.json (process 0)."""
     if jax.process_index() != 0:
         return
-    if stage in ("base", "joint"):
+    if stage in ("base", "joint") or not (ctx.workdir / BASE_FILE).is_file():
+        # A frozen base from init_from is exported once, so the workdir is self-contained.
         save_rwkv(ctx.workdir / BASE_FILE, ctx.exp.model, params.base)
     if stage in ("prosg", "joint"):
         save_sg_params(ctx.workdir / SG_FILE, params.sg)
