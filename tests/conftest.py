@@ -30,16 +30,6 @@ def model(request):
     return tiny_model(request.param)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """The train/eval tests run the same tiny programs many times (every train() call
-    jits afresh): a persistent compilation cache for the session saves most of it."""
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A workdir after 2 base and 2 prosg steps of the tiny experiment: (workdir, Params)."""

@@ -65,7 +65,7 @@ _MQAR_EXTRA = {
     "s": "seed",
 }
 # Records scanned to size the ProSG batch widths when they are left to the data.
-_WIDTH_SAMPLE = 256
+_WIDTH_SAMPLE = 1024
 _WIDTH_MULTIPLE = 64
 
 
@@ -371,15 +371,18 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def prosg_widths(source, *, dataset: str, tokenizer: Tokenizer, prompt_len: int, cont_len: int):
-    """``(P, K)``: the configured widths, or sized from the first records (0 = auto)."""
+    """``(P, K)``: the configured widths, or sized from records spread over the split (0 = auto).
+
+    Auto widths are the longest sampled prompt/continuation plus 32 tokens,
+    rounded up to a multiple of 64; in training a longer prompt is skipped and
+    a longer continuation is cut.
+    """
     if prompt_len and cont_len:
         return prompt_len, cont_len
-    sample = [
-        encode_record(source[i], dataset=dataset, tokenizer=tokenizer)
-        for i in range(min(len(source), _WIDTH_SAMPLE))
-    ]
-    auto_p = _round_up(max(len(e["prompt"]) for e in sample) + 16, _WIDTH_MULTIPLE)
-    auto_k = _round_up(max(len(e["cont"]) - 1 for e in sample) + 16, _WIDTH_MULTIPLE)
+    picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), _WIDTH_SAMPLE)).astype(int))
+    sample = [encode_record(source[int(i)], dataset=dataset, tokenizer=tokenizer) for i in picks]
+    auto_p = _round_up(max(len(e["prompt"]) for e in sample) + 32, _WIDTH_MULTIPLE)
+    auto_k = _round_up(max(len(e["cont"]) - 1 for e in sample) + 32, _WIDTH_MULTIPLE)
     return prompt_len or auto_p, cont_len or auto_k
 
 
@@ -465,6 +468,8 @@ def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDat
     if per_shard < 1:
         raise UserError(f"dataset {name} has {len(ds)} training examples: too few")
     ds = ds[: per_shard * count][index::count].shuffle(seed=seed).repeat(None).map(encode)
+    # Widths sized from a sample: a rare longer prompt is skipped, never a crash mid-run.
+    ds = ds.filter(lambda ex: len(ex["prompt"]) <= p)
     return ds.to_iter_dataset().batch(
         settings.batch_size // count,
         drop_remainder=True,

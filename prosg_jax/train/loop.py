@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -125,6 +127,65 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     write_json(ctx.workdir / RUN_FILE, info)
 
 
+_OPT_FIELDS = ("min_lr_ratio", "weight_decay", "b1", "b2", "eps", "grad_clip", "grad_accum")
+_STAGE_FIELDS = ("steps", "lr", "warmup_steps")
+
+
+def _signature(tree):
+    """A hashable description of a pytree's structure, shapes and dtypes."""
+    if tree is None:
+        return None
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), str(np.asarray(x).dtype)) for x in leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    optimizer: object
+    lr_fn: object
+    shapes: object
+    state_sh: object
+    frozen_sh: object
+    init: object
+    fns: object
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_stage(stage, model_cfg, prosg_cfg, opt_key, stage_key, mesh, trainable, frozen):
+    """The optimizer, shardings and jitted functions of a stage, built once per process.
+
+    Keyed on everything they depend on, so a second ``train`` call in the same
+    process (a resumed run in a test or notebook) reuses the compiled steps.
+    """
+    train_cfg = types.SimpleNamespace(**dict(zip(_OPT_FIELDS, opt_key, strict=True)))
+    stage_cfg = types.SimpleNamespace(**dict(zip(_STAGE_FIELDS, stage_key, strict=True)))
+    optimizer, lr_fn = optim.make_optimizer(train_cfg, stage_cfg)
+
+    def init(p):
+        return TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p))
+
+    abstract = jax.tree.unflatten(
+        trainable[0], [jax.ShapeDtypeStruct(s, d) for s, d in trainable[1]]
+    )
+    shapes = jax.eval_shape(init, abstract)
+    state_sh = mesh_lib.tree_shardings(mesh, shapes)
+    frozen_sh = None
+    if frozen is not None:
+        frozen_sh = jax.tree.unflatten(
+            frozen[0], [mesh_lib.leaf_sharding(mesh, s) for s, _ in frozen[1]]
+        )
+    fns = make_step_fns(stage, model_cfg, prosg_cfg, optimizer, mesh, state_sh, frozen_sh)
+    return _Compiled(
+        optimizer=optimizer,
+        lr_fn=lr_fn,
+        shapes=shapes,
+        state_sh=state_sh,
+        frozen_sh=frozen_sh,
+        init=jax.jit(init, out_shardings=state_sh),
+        fns=fns,
+    )
+
+
 def _split_trainable(stage: str, trainable, params: Params) -> Params:
     if stage == "base":
         return Params(base=trainable, sg=params.sg)
@@ -177,16 +238,19 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         ckpt.close()
         return params
 
-    optimizer, lr_fn = optim.make_optimizer(config.train, st)
-    shapes = jax.eval_shape(
-        lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), trainable
+    compiled = _compiled_stage(
+        stage,
+        model_cfg,
+        prosg_cfg,
+        tuple(config.train[k] for k in _OPT_FIELDS),
+        tuple(st[k] for k in _STAGE_FIELDS),
+        mesh,
+        _signature(trainable),
+        _signature(frozen),
     )
-    state_sh = mesh_lib.tree_shardings(mesh, shapes)
-    state = jax.jit(
-        lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
-        out_shardings=state_sh,
-    )(trainable)
-    frozen_sh = None if frozen is None else mesh_lib.tree_shardings(mesh, frozen)
+    lr_fn, shapes = compiled.lr_fn, compiled.shapes
+    state_sh, frozen_sh, fns = compiled.state_sh, compiled.frozen_sh, compiled.fns
+    state = compiled.init(trainable)
     frozen = None if frozen is None else jax.device_put(frozen, frozen_sh)
 
     phases = ctx.exp.curricula[stage]
@@ -204,7 +268,6 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         ckpt.close()
         return params
 
-    fns = make_step_fns(stage, model_cfg, prosg_cfg, optimizer, mesh, state_sh, frozen_sh)
     keys = _DEVICE_KEYS["base" if stage == "base" else "prosg"]
     writer = MetricsWriter(
         ctx.workdir, stage, start=start, total=steps, bar=config.train.progress_bar
@@ -219,6 +282,11 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                 it = data_lib.phase_iterator(stage, phases[phase_no], phase_no, settings)
             local = next(it)
             batch = mesh_lib.put_batch(mesh, {k: local[k] for k in keys})
+            done = step + 1
+            log = done % config.train.log_every == 0 or done == steps
+            counts = None
+            if log and fns.accuracy is not None:  # before the update, like the loss
+                counts = fns.accuracy(state, frozen, batch)
             state, metrics = fns.train_step(state, frozen, batch)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
@@ -227,7 +295,6 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                     f"{stage} stage: loss is {loss} at step {step + 1}; stopped. "
                     f"Last good checkpoint: {saved}"
                 )
-            done = step + 1
             window["loss"] += loss
             window["n"] += 1
             window["tokens"] += int(
@@ -236,8 +303,8 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                 else local["prompt_lengths"].sum() + local["cont_lengths"].sum()
             )
             writer.advance()
-            if done % config.train.log_every == 0 or done == steps:
-                counts = metrics if stage == "base" else fns.accuracy(state, frozen, batch)
+            if log:
+                counts = metrics if counts is None else counts
                 elapsed = time.perf_counter() - window["t0"]
                 line = {
                     "loss": window["loss"] / window["n"],

@@ -129,7 +129,8 @@ def make_step_fns(
         (loss, metrics), grads = grad_fn(state.params, frozen, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     batch_sh = mesh_lib.batch_sharding(mesh)
