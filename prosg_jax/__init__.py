@@ -11,7 +11,8 @@ Public API (everything else is internal and may change):
   :func:`decode_chunk` over a :class:`SamplingState`, and teacher-forced
   completion :func:`complete` (text) / :func:`complete_ids` (ids) of a
   :class:`Run` or a ``(model_cfg, params, tokenizer)`` triple;
-- tokenizers: :func:`get_tokenizer` (``"byte"``, ``"world"``).
+- tokenizers: :func:`get_tokenizer` (``"byte"``, ``"world"``);
+- trained runs: :func:`load_run` (a ``train.py`` workdir) → :class:`Run`.
 
 Prompts are right-padded ``int32[B, P]`` with ``prompt_lengths int32[B]``, or
 a ragged list of id lists, everywhere. ProSG itself lives in
@@ -22,6 +23,7 @@ pipeline in :mod:`prosg_jax.data`.
 from prosg_jax.checkpoint import CheckpointError, load_rwkv, save_rwkv
 from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.data.tokenizers import get_tokenizer
+from prosg_jax.export import load_run
 from prosg_jax.lowrank import LowRankDelta
 from prosg_jax.models import forward, init_params, init_state, step, target_names
 from prosg_jax.sampling import (
@@ -51,6 +53,7 @@ __all__ = [
     "get_tokenizer",
     "init_params",
     "init_state",
+    "load_run",
     "load_rwkv",
     "prefill",
     "save_rwkv",

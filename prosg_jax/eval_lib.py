@@ -1,56 +1,505 @@
-"""Evaluation entry points called by ``eval.py``."""
+"""Evaluation called by ``eval.py``: recall vs distance, MQAR, perplexity; table and plot.
+
+For every method in ``config.eval.methods`` (the run's ProSG config with its
+``method`` replaced) and every distance ``D`` in ``config.eval.distances``:
+
+* **Exact match.** Each answer of a ``prompt_retention`` *test* example is
+  one generation: the prompt is read (and turned into deltas), the context
+  after it — the distractor and the queries up to the answer's opening
+  (earlier answers teacher-forced) — is read under the deltas, and the
+  answer is generated greedily. It counts as recalled when the generated text
+  starts with the expected formatted answer (e.g. ``(pumune)``, brackets
+  included, so the answer format instruction is scored too). MQAR is scored
+  the same way with the key-value context as the prompt and one generated
+  token per query.
+  ``eval.exact_match="teacher_forced"`` scores the same thing from one
+  teacher-forced pass per example instead (an answer is generated exactly iff
+  each of its tokens is the argmax given the true prefix), about (facts + 1)
+  times cheaper; the two agree up to float rounding of near-ties.
+* **Perplexity** of the answer tokens under teacher forcing, from the same
+  pass (:func:`prosg_jax.prosg.continuation_logits`, the logits
+  :func:`prosg_jax.prosg.continuation_loss` scores).
+
+Seeds. The run is fixed, so a seed selects data: seed ``s`` scores test
+examples ``[s*n, (s+1)*n)`` (``n = eval.num_examples``), disjoint across
+seeds. Tables report the mean over seeds and the standard deviation across
+them (``ddof=1``).
+
+Outputs in the workdir: ``results.json``, ``results.md`` and
+``recall_vs_distance.png``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from prosg_jax.checkpoint import load_rwkv, save_rwkv
-from prosg_jax.config import model_config_from_dict
-from prosg_jax.data.tokenizers import get_tokenizer
-from prosg_jax.models import init_params
-from prosg_jax.sampling import decode_text, generate
+from prosg_jax import prosg
+from prosg_jax.checkpoint import load_rwkv
+from prosg_jax.config import METHODS, ProSGConfig
+from prosg_jax.errors import UserError
+from prosg_jax.export import SG_FILE, load_run, load_sg_params, read_run_info, write_json
+from prosg_jax.sampling import Run, complete_ids, decode_text
+from prosg_jax.train import data as data_lib
+from prosg_jax.train import experiment
 
-CHECKPOINT_NAME = "model.safetensors"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+PLOT = "recall_vs_distance.png"
+_WIDTH_MULTIPLE = 64
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
-    """Loads ``workdir/model.safetensors`` and prints a generation from ``config.prompt``.
+# --------------------------------------------------------------------------- generation
 
-    When the workdir has no checkpoint yet, a freshly initialised model of
-    ``config.model``'s shape is written there first (atomically), so the demo
-    exercises the same load path a real checkpoint takes.
+
+def _complete_batch(
+    run: Run,
+    prompts: np.ndarray,
+    prompt_lengths: np.ndarray,
+    contexts: np.ndarray,
+    context_lengths: np.ndarray,
+    *,
+    max_new_tokens: int,
+    method: str | None = None,
+) -> np.ndarray:
+    """Greedy completions after teacher-forced contexts (:func:`prosg_jax.complete_ids`).
+
+    Row ``b`` reads ``prompts[b, :prompt_lengths[b]]`` (deltas derived from
+    it by ``method``), then ``contexts[b, :context_lengths[b]]`` under the
+    deltas, then generates ``max_new_tokens`` tokens greedily (no stop token:
+    the answer is compared over its own length).
 
     Returns:
-      The generated text.
+      ``int32[B, max_new_tokens]`` generated ids.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / CHECKPOINT_NAME
-    if not path.exists():
-        cfg = model_config_from_dict(config.model)
-        save_rwkv(path, cfg, init_params(jax.random.key(config.seed), cfg))
-        print(f"wrote an untrained {cfg.n_layer}-layer RWKV-{cfg.version} to {path}")
-    cfg, params = load_rwkv(path)
-    # How the recurrence runs is a runtime choice the checkpoint does not hold.
-    cfg = cfg.replace(wkv_impl=model_config_from_dict(config.model).wkv_impl)
-    tokenizer = get_tokenizer(config.tokenizer)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(
-            f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but the model only "
-            f"{cfg.vocab_size}"
-        )
-    out = generate(
-        cfg,
-        params,
-        [tokenizer.encode(config.prompt)],
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        key=jax.random.key(config.seed),
+    prosg_cfg = _method_config(run.prosg_cfg, method)
+    rows = range(len(prompt_lengths))
+    out = complete_ids(
+        dataclasses.replace(run, prosg_cfg=prosg_cfg),
+        [prompts[b, : prompt_lengths[b]].tolist() for b in rows],
+        [contexts[b, : context_lengths[b]].tolist() for b in rows],
+        max_new_tokens=max_new_tokens,
+        stop_tokens=(),
     )
-    text = decode_text(tokenizer, [int(i) for i in out.tokens[0]])
-    print(f"prompt: {config.prompt!r}")
-    print(f"generated ({config.max_new_tokens} tokens): {text!r}")
-    return text
+    return np.asarray(out, np.int32)
+
+
+def _method_config(prosg_cfg: ProSGConfig, method: str | None) -> ProSGConfig:
+    """The run's ProSG config evaluated as ``method`` (no training-only losses)."""
+    if method is not None and method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose from {METHODS}")
+    return dataclasses.replace(
+        prosg_cfg,
+        method=prosg_cfg.method if method is None else method,
+        sg_match_weight=0.0,
+        train_base=False,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
+def _teacher_forced(model_cfg, params, sg_params, prosg_cfg, batch: prosg.Batch):
+    """Per example: summed NLL over ``loss_mask`` and the argmax prediction at every position."""
+    logits, _, _ = prosg.continuation_logits(model_cfg, params, sg_params, prosg_cfg, batch)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, batch.targets[..., None], axis=-1)[..., 0]
+    return (nll * batch.loss_mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """One dataset's scored answers, as fixed-width arrays (one row per answer)."""
+
+    name: str
+    kind: str  # "prompt_retention" or "mqar"
+    examples: list[dict]  # encoded records (see train.data.encode_record)
+    example_seed: np.ndarray  # [E] the seed (index into seeds) of each example
+    prompts: np.ndarray  # [N, P]
+    prompt_lengths: np.ndarray  # [N]
+    contexts: np.ndarray  # [N, C]
+    context_lengths: np.ndarray  # [N]
+    answers: list[np.ndarray]  # N answer id arrays
+    row_example: np.ndarray  # [N] example of each row
+    max_new_tokens: int
+
+
+def _round_up(n: int, m: int = _WIDTH_MULTIPLE) -> int:
+    return max(m, -(-n // m) * m)
+
+
+def _eval_name(base: str, total: int) -> str:
+    """A test-only copy of ``base``: the same first ``total`` test examples, no train split."""
+    return f"{base}_n0_val0_t{total}"
+
+
+def load_eval_set(name: str, kind: str, n: int, seeds, directory: str, tokenizer) -> EvalSet:
+    """Builds (once) and encodes the examples of every seed, one row per answer."""
+    total = (max(seeds) + 1) * n
+    spec = data_lib.parse_dataset(name)
+    source = data_lib.load_split(spec, directory, "test")
+    examples, example_seed = [], []
+    for k, s in enumerate(seeds):
+        for i in range(s * n, (s + 1) * n):
+            if i >= len(source):
+                raise UserError(f"{name} has {len(source)} test examples; seed {s} needs {total}")
+            examples.append(data_lib.encode_record(source[i], dataset=kind, tokenizer=tokenizer))
+            example_seed.append(k)
+    rows = []
+    for e, ex in enumerate(examples):
+        for start, end in zip(ex["answer_start"], ex["answer_end"], strict=True):
+            rows.append((e, ex["prompt"], ex["cont"][:start], ex["cont"][start:end]))
+    p_width = _round_up(max(len(r[1]) for r in rows))
+    c_width = _round_up(max(len(r[2]) for r in rows))
+    prompts = np.zeros((len(rows), p_width), np.int32)
+    contexts = np.zeros((len(rows), c_width), np.int32)
+    for j, (_, p, c, _) in enumerate(rows):
+        prompts[j, : len(p)] = p
+        contexts[j, : len(c)] = c
+    context_lengths = np.asarray([len(r[2]) for r in rows], np.int32)
+    answer_lens = [len(r[3]) for r in rows]
+    return EvalSet(
+        name=name,
+        kind=kind,
+        examples=examples,
+        example_seed=np.asarray(example_seed),
+        prompts=prompts,
+        prompt_lengths=np.asarray([len(r[1]) for r in rows], np.int32),
+        contexts=contexts,
+        context_lengths=context_lengths,
+        answers=[r[3] for r in rows],
+        row_example=np.asarray([r[0] for r in rows]),
+        # Text answers: a couple of spare tokens, since another tokenizer may split
+        # the generated text differently; MQAR answers are single tokens.
+        max_new_tokens=max(answer_lens) + (0 if kind == "mqar" else 2),
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        idx = np.arange(start, min(start + size, n))
+        yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])  # fixed shape
+
+
+def exact_match(run: Run, es: EvalSet, method: str, batch_size: int) -> np.ndarray:
+    """``bool[N]``: whether each answer was generated exactly."""
+    hits = np.zeros(len(es.answers), bool)
+    for idx, padded in _batches(len(es.answers), batch_size):
+        gen = _complete_batch(
+            run,
+            es.prompts[padded],
+            es.prompt_lengths[padded],
+            es.contexts[padded],
+            es.context_lengths[padded],
+            max_new_tokens=es.max_new_tokens,
+            method=method,
+        )
+        for j, row in enumerate(idx):
+            want = es.answers[row]
+            if es.kind == "mqar":
+                hits[row] = np.array_equal(gen[j, : len(want)], want)
+            else:
+                text = decode_text(run.tokenizer, want)
+                hits[row] = decode_text(run.tokenizer, gen[j])[: len(text)] == text
+    return hits
+
+
+def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
+    """One teacher-forced pass per example.
+
+    Returns:
+      ``(nll, count, hits, first)``: per-example summed answer-token NLL and
+      answer token count; per answer row whether every answer token is the
+      argmax given the true prefix — which is exactly when greedy decoding
+      reproduces the answer — and the argmax at the answer's first token.
+    """
+    prosg_cfg = _method_config(run.prosg_cfg, method)
+    sg = run.sg_params if prosg_cfg.method == "prosg" else None
+    p = _round_up(max(len(e["prompt"]) for e in es.examples))
+    k = _round_up(max(len(e["cont"]) for e in es.examples))
+    nll = np.zeros(len(es.examples))
+    count = np.zeros(len(es.examples))
+    preds = [None] * len(es.examples)
+    for idx, padded in _batches(len(es.examples), batch_size):
+        arrays = data_lib.make_prosg_batch(
+            [es.examples[i] for i in padded],
+            prompt_len=p,
+            cont_len=k,
+            loss_on="answers",
+            answer_weight=1.0,
+        )
+        out_nll, out_pred = _teacher_forced(
+            run.model_cfg, run.params, sg, prosg_cfg, data_lib.to_batch(arrays)
+        )
+        out_nll, out_pred = np.asarray(out_nll), np.asarray(out_pred)
+        for j, i in enumerate(idx):
+            nll[i], count[i], preds[i] = out_nll[j], arrays["loss_mask"][j].sum(), out_pred[j]
+    hits = np.zeros(len(es.answers), bool)
+    first = np.zeros(len(es.answers), np.int32)
+    row = 0
+    for e, ex in enumerate(es.examples):
+        for start, end in zip(ex["answer_start"], ex["answer_end"], strict=True):
+            # prediction k is for cont[k] (the replayed last prompt token predicts cont[0])
+            hits[row] = np.array_equal(preds[e][start:end], ex["cont"][start:end])
+            first[row] = preds[e][start]
+            row += 1
+    return nll, count, hits, first
+
+
+def _per_seed(es: EvalSet, hits, nll, count, n_seeds):
+    accs, ppls = [], []
+    for k in range(n_seeds):
+        accs.append(float(hits[es.example_seed[es.row_example] == k].mean()))
+        ex = es.example_seed == k
+        ppls.append(float(math.exp(nll[ex].sum() / max(count[ex].sum(), 1.0))))
+    return accs, ppls
+
+
+def _std(xs) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- run loading
+
+
+def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
+    """The workdir's run, or ``config.init_from`` plus ``config.eval.sg_checkpoint``."""
+    want = experiment.model_config(config)
+    if read_run_info(workdir) is not None:
+        run = load_run(workdir)
+        experiment.check_same_shape(want, run.model_cfg, str(workdir))
+        return run
+    if not config.init_from:
+        raise UserError(
+            f"no trained run in {workdir}: run train.py with this --workdir, or set "
+            "config.init_from (and config.eval.sg_checkpoint)"
+        )
+    cfg, params = load_rwkv(config.init_from, dtype=jnp.dtype(config.model.dtype))
+    experiment.check_same_shape(want, cfg, config.init_from)
+    sg_params = None
+    if config.eval.sg_checkpoint:
+        path = Path(config.eval.sg_checkpoint)
+        sg_params = load_sg_params(path / SG_FILE if path.is_dir() else path)
+    from prosg_jax.data.tokenizers import get_tokenizer
+
+    return Run(
+        model_cfg=cfg,
+        params=params,
+        prosg_cfg=experiment.prosg_config(config),
+        sg_params=sg_params,
+        tokenizer=get_tokenizer(config.tokenizer),
+    )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Evaluates every method at every distance and writes the three result files.
+
+    Returns:
+      The ``results.json`` contents.
+    """
+    t0 = time.time()
+    from prosg_jax.train_lib import check_workdir
+
+    workdir = check_workdir(workdir)
+    ev = config.eval
+    methods = experiment.split_list(ev.methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UserError(f"config.eval.methods: {bad or methods} — choose from {METHODS}")
+    distances = experiment.int_list(ev.distances, "eval.distances")
+    seeds = experiment.int_list(ev.seeds, "eval.seeds")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(
+            f"config.eval.seeds must be distinct non-negative integers, got {ev.seeds!r}"
+        )
+    if ev.exact_match not in ("generate", "teacher_forced"):
+        raise UserError(
+            "config.eval.exact_match must be 'generate' or 'teacher_forced', "
+            f"got {ev.exact_match!r}"
+        )
+    if ev.num_examples < 1 or ev.batch_size < 1:
+        raise UserError("config.eval.num_examples and batch_size must be >= 1")
+    run = _load_for_eval(config, workdir)
+    if "prosg" in methods and run.sg_params is None:
+        raise UserError(
+            "method 'prosg' needs a trained SG module: run the prosg stage, set "
+            "config.eval.sg_checkpoint, or drop it from config.eval.methods"
+        )
+    for m in methods:  # a target the model lacks fails before any work
+        _method_config(run.prosg_cfg, m).targets(run.model_cfg)
+    directory = data_lib.data_dir(config, workdir)
+    sets = [
+        (
+            "prompt_retention",
+            str(d),
+            _eval_name(
+                f"prompt_retention/d{d}_f{ev.num_facts}", (max(seeds) + 1) * ev.num_examples
+            ),
+        )
+        for d in distances
+    ]
+    sets += [
+        ("mqar", c, _eval_name(f"mqar/{c}", (max(seeds) + 1) * ev.num_examples))
+        for c in experiment.split_list(ev.mqar)
+    ]
+    for _, _, name in sets:
+        data_lib.check_vocab(data_lib.parse_dataset(name), run.model_cfg.vocab_size)
+
+    results: dict = {
+        k: {} for k in ("prompt_retention", "prompt_retention_std", "mqar", "mqar_std")
+    }
+    results["perplexity"] = {"prompt_retention": {}, "mqar": {}}
+    results["n_answers"] = {"prompt_retention": {}, "mqar": {}}
+    for kind, label, name in sets:
+        es = load_eval_set(name, kind, ev.num_examples, seeds, directory, run.tokenizer)
+        results["n_answers"][kind][label] = len(es.answers)
+        for m in methods:
+            t = time.time()
+            nll, count, hits, _ = teacher_forced(run, es, m, ev.batch_size)
+            if ev.exact_match == "generate":
+                hits = exact_match(run, es, m, ev.batch_size)
+            accs, ppls = _per_seed(es, hits, nll, count, len(seeds))
+            results[kind].setdefault(m, {})[label] = float(np.mean(accs))
+            results[f"{kind}_std"].setdefault(m, {})[label] = _std(accs)
+            results["perplexity"][kind].setdefault(m, {})[label] = float(np.mean(ppls))
+            print(
+                f"{name} {m}: exact match {np.mean(accs):.3f} ± {_std(accs):.3f}, "
+                f"answer perplexity {np.mean(ppls):.3g} ({time.time() - t:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    results["config"] = {
+        "workdir": str(workdir),
+        "methods": list(methods),
+        "distances": list(distances),
+        "num_facts": ev.num_facts,
+        "mqar": list(experiment.split_list(ev.mqar)),
+        "num_examples": ev.num_examples,
+        "seeds": list(seeds),
+        "exact_match": ev.exact_match,
+        "seed_meaning": "seed s scores test examples [s*n, (s+1)*n); mean and std over seeds",
+        "model": dataclasses.asdict(run.model_cfg),
+        "prosg": dataclasses.asdict(run.prosg_cfg),
+        "tokenizer": config.tokenizer,
+    }
+    results["eval_seconds"] = round(time.time() - t0, 1)
+    if jax.process_index() == 0:
+        write_json(workdir / RESULTS_JSON, results)
+        (workdir / RESULTS_MD).write_text(results_table(results))
+        plot(results, workdir / PLOT)
+        print(f"wrote {workdir / RESULTS_JSON}, {RESULTS_MD}, {PLOT}", file=sys.stderr)
+    return results
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _table(title, values, spreads, columns, fmt) -> list[str]:
+    lines = [f"### {title}", "", "| method | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for m, row in values.items():
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            s = (spreads or {}).get(m, {}).get(c)
+            cells.append("–" if v is None else fmt(v) + ("" if s is None else f" ± {fmt(s)}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def results_table(results: dict) -> str:
+    """``results.md``: exact match (mean ± std over seeds) and answer perplexity."""
+    cfg = results["config"]
+    d_cols = [str(d) for d in cfg["distances"]]
+    m_cols = cfg["mqar"]
+    pct = "{:.1%}".format
+    lines = [
+        "# Recall vs distance",
+        "",
+        f"Exact match of each answer (greedy, after teacher-forced context), mean ± std over "
+        f"seeds {cfg['seeds']} ({cfg['num_examples']} test examples per seed; "
+        f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
+        "",
+    ]
+    lines += _table(
+        f"prompt_retention (f{cfg['num_facts']})",
+        results["prompt_retention"],
+        results["prompt_retention_std"],
+        d_cols,
+        pct,
+    )
+    if m_cols:
+        lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
+    lines += _table(
+        "Answer-token perplexity (prompt_retention)",
+        results["perplexity"]["prompt_retention"],
+        None,
+        d_cols,
+        "{:.3g}".format,
+    )
+    if m_cols:
+        lines += _table(
+            "Answer-token perplexity (MQAR)",
+            results["perplexity"]["mqar"],
+            None,
+            m_cols,
+            "{:.3g}".format,
+        )
+    n = results["n_answers"]
+    lines.append(
+        "Answers scored per method: "
+        + ", ".join(f"D={k}: {v}" for k, v in n["prompt_retention"].items())
+        + "".join(f", {k}: {v}" for k, v in n["mqar"].items())
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str | os.PathLike) -> None:
+    """``recall_vs_distance.png``: one line per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    distances = results["config"]["distances"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for m, row in results["prompt_retention"].items():
+        ys = [row[str(d)] for d in distances]
+        es = [results["prompt_retention_std"][m][str(d)] for d in distances]
+        ax.errorbar(distances, ys, yerr=es, marker="o", capsize=3, label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(distances, [str(d) for d in distances])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("distance D (distractor tokens between prompt and questions)")
+    ax.set_ylabel("exact match")
+    ax.set_title(f"prompt_retention recall (f{results['config']['num_facts']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def read_results(workdir: str | os.PathLike) -> dict:
+    """``results.json`` of a workdir."""
+    return json.loads((Path(workdir) / RESULTS_JSON).read_text())

@@ -28,3 +28,15 @@ def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):
 def model(request):
     """A tiny random model of each version (vocab 97, C 128, 2 layers)."""
     return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A workdir after 2 base and 2 prosg steps of the tiny experiment: (workdir, Params)."""
+    from train_fixtures import tiny_config
+
+    from prosg_jax import train_lib
+
+    workdir = tmp_path_factory.mktemp("trained_run")
+    params = train_lib.train(tiny_config(), workdir)
+    return workdir, params

@@ -26,7 +26,13 @@ from prosg_jax.prosg.grads import (
     masked_cross_entropy,
     per_example_ce,
 )
-from prosg_jax.prosg.losses import Batch, continuation_inputs, continuation_loss, sg_match_loss
+from prosg_jax.prosg.losses import (
+    Batch,
+    continuation_inputs,
+    continuation_logits,
+    continuation_loss,
+    sg_match_loss,
+)
 from prosg_jax.prosg.sg import check_sg_params, init, predict_errors, synthetic_deltas
 from prosg_jax.prosg.states import (
     PromptStates,
@@ -46,6 +52,7 @@ __all__ = [
     "check_sg_params",
     "compress",
     "continuation_inputs",
+    "continuation_logits",
     "continuation_loss",
     "derive_deltas",
     "factored_grads",

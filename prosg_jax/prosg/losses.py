@@ -146,6 +146,38 @@ def _forget_rows(model_cfg: RWKVConfig, state, forget: Bool[Array, " B"]):
     return jax.tree.map(pick, empty, state)
 
 
+def continuation_logits(
+    model_cfg: RWKVConfig,
+    params: dict,
+    sg_params: dict | None,
+    prosg_cfg: ProSGConfig,
+    batch: Batch,
+    *,
+    forget: Bool[Array, " B"] | None = None,
+) -> tuple[Float[Array, "B K V"], Deltas | None, PromptTail]:
+    """Logits for ``batch.targets`` (the replay, then teacher forcing), the deltas and the tail.
+
+    ``forget`` (training-time augmentation) marks rows whose continuation starts
+    from an empty recurrent state instead of the prompt's: there the deltas
+    alone carry the prompt, as they must once a long generation has overwritten
+    the state.
+    """
+    deltas, tail = derive(
+        model_cfg, params, sg_params, prosg_cfg, batch.prompts, batch.prompt_lengths
+    )
+    if forget is not None:
+        if np.shape(forget) != np.shape(batch.prompt_lengths):
+            raise ValueError(
+                f"forget shape {np.shape(forget)} != batch {np.shape(batch.prompt_lengths)}"
+            )
+        tail = tail._replace(state=_forget_rows(model_cfg, tail.state, jnp.asarray(forget, bool)))
+    inputs, positions = continuation_inputs(tail, batch.targets)
+    logits, _, _ = forward_core(
+        model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
+    )
+    return logits, deltas, tail
+
+
 def continuation_loss(
     model_cfg: RWKVConfig,
     params: dict,
@@ -159,12 +191,7 @@ def continuation_loss(
 
     The base model is frozen (``stop_gradient``) unless ``prosg_cfg.train_base``.
     With ``sg_match_weight > 0`` (``method="prosg"``) the synthetic-gradient
-    matching loss is added.
-
-    ``forget`` (training-time augmentation) marks rows whose continuation starts
-    from an empty recurrent state instead of the prompt's: there the deltas
-    alone carry the prompt, as they must once a long generation has overwritten
-    the state.
+    matching loss is added. ``forget``: see :func:`continuation_logits`.
 
     Returns:
       ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token)
@@ -175,18 +202,8 @@ def continuation_loss(
     check_sg_params(model_cfg, prosg_cfg, sg_params)
     if not prosg_cfg.train_base:
         params = jax.lax.stop_gradient(params)
-    deltas, tail = derive(
-        model_cfg, params, sg_params, prosg_cfg, batch.prompts, batch.prompt_lengths
-    )
-    if forget is not None:
-        if np.shape(forget) != np.shape(batch.prompt_lengths):
-            raise ValueError(
-                f"forget shape {np.shape(forget)} != batch {np.shape(batch.prompt_lengths)}"
-            )
-        tail = tail._replace(state=_forget_rows(model_cfg, tail.state, jnp.asarray(forget, bool)))
-    inputs, positions = continuation_inputs(tail, batch.targets)
-    logits, _, _ = forward_core(
-        model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
+    logits, deltas, tail = continuation_logits(
+        model_cfg, params, sg_params, prosg_cfg, batch, forget=forget
     )
     ce = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
     match = jnp.zeros(())

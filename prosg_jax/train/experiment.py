@@ -1,0 +1,151 @@
+"""An experiment ``ConfigDict`` turned, once, into frozen typed objects.
+
+Every error names the config field to fix and is a :class:`UserError`, so the
+scripts report it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from prosg_jax.config import ProSGConfig, RWKVConfig, model_config_from_dict
+from prosg_jax.errors import UserError
+from prosg_jax.train import data as data_lib
+
+STAGES = ("base", "prosg", "joint")
+# RWKVConfig fields that fix parameter shapes (dtype is only the compute dtype).
+SHAPE_FIELDS = (
+    "version",
+    "vocab_size",
+    "d_model",
+    "n_layer",
+    "d_ffn",
+    "head_size",
+    "d_decay_lora",
+    "d_aaa_lora",
+    "d_mv_lora",
+    "d_gate_lora",
+)
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` → ``("a", "b", "c")``."""
+    return tuple(s.strip() for s in str(text).split(",") if s.strip())
+
+
+def int_list(text: str, field: str) -> tuple[int, ...]:
+    """``"64,256"`` → ``(64, 256)``; ``field`` names the config field in errors."""
+    try:
+        return tuple(int(s) for s in split_list(text))
+    except ValueError:
+        raise UserError(f"config.{field} must be comma-separated integers, got {text!r}") from None
+
+
+def model_config(config: ml_collections.ConfigDict) -> RWKVConfig:
+    """The frozen model config from ``config.model``."""
+    d = {k: v for k, v in config.model.to_dict().items() if v is not None}
+    if not d.get("d_ffn"):
+        d.pop("d_ffn", None)
+    try:
+        return model_config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.model: {e}") from e
+
+
+def shape_of(cfg: RWKVConfig) -> dict[str, int]:
+    """The fields of ``cfg`` that fix parameter shapes (RWKV-4 ignores head/LoRA sizes)."""
+    fields = SHAPE_FIELDS if cfg.version == 7 else SHAPE_FIELDS[:5]
+    return {f: getattr(cfg, f) for f in fields}
+
+
+def check_same_shape(want: RWKVConfig, have: RWKVConfig, where: str) -> None:
+    """Raises a one-line error naming every field where ``want`` contradicts ``have``."""
+    a, b = shape_of(want), shape_of(have)
+    diff = [
+        f"{k}={a.get(k)} (it has {b.get(k)})"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+    if diff:
+        raise UserError(
+            f"config.model contradicts the model in {where}: {', '.join(diff)}; "
+            "fix the config or use another --workdir"
+        )
+
+
+def prosg_config(config: ml_collections.ConfigDict, *, train_base: bool = False) -> ProSGConfig:
+    """The frozen ProSG config from ``config.prosg`` (``train_base`` for the joint stage)."""
+    d: dict[str, Any] = dict(config.prosg.to_dict())
+    d["matrices"] = split_list(d.get("matrices", ""))
+    layers = d.get("layers", "")
+    d["layers"] = int_list(layers, "prosg.layers") if str(layers).strip() else None
+    d["train_base"] = train_base
+    try:
+        return ProSGConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.prosg: {e}") from e
+
+
+def stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The stages to run, in order."""
+    names = split_list(config.train.stages)
+    bad = [s for s in names if s not in STAGES]
+    if bad or not names:
+        raise UserError(f"config.train.stages: {bad or names} — choose from {STAGES}")
+    return names
+
+
+def curriculum(config: ml_collections.ConfigDict, stage: str) -> tuple[data_lib.Phase, ...]:
+    """The stage's curriculum (its own ``mixture`` or ``data.train_mixture``)."""
+    text = config.train[stage].mixture or config.data.train_mixture
+    return data_lib.parse_curriculum(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything derived from a config, without touching data or devices."""
+
+    model: RWKVConfig
+    prosg: ProSGConfig
+    stages: tuple[str, ...]
+    curricula: dict[str, tuple[data_lib.Phase, ...]]
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Validates ``config`` and builds its typed objects (no data, no devices).
+
+    Raises:
+      UserError: naming the offending field.
+    """
+    from prosg_jax.train import optim  # the optimizer is validated here too
+
+    names = stages(config)
+    model = model_config(config)
+    prosg_cfg = prosg_config(config)
+    prosg_cfg.targets(model)  # a target the model lacks fails here, not mid-run
+    if config.data.loss_on not in ("answers", "all"):
+        raise UserError(
+            f"config.data.loss_on must be 'answers' or 'all', got {config.data.loss_on!r}"
+        )
+    if not config.data.answer_weight > 0:
+        raise UserError(
+            f"config.data.answer_weight must be positive, got {config.data.answer_weight}"
+        )
+    curricula = {}
+    for stage in names:
+        st = config.train[stage]
+        if st.steps < 0 or st.batch_size < 1 or st.lr <= 0:
+            raise UserError(f"config.train.{stage}: steps >= 0, batch_size >= 1 and lr > 0 needed")
+        curricula[stage] = curriculum(config, stage)
+        for phase in curricula[stage]:
+            for name, _ in phase.mixture:
+                data_lib.check_vocab(data_lib.parse_dataset(name), model.vocab_size)
+        optim.make_optimizer(config.train, st)
+    if config.train.grad_accum < 1:
+        raise UserError("config.train.grad_accum must be >= 1")
+    if config.train.log_every < 1 or config.train.checkpoint_every < 1:
+        raise UserError("config.train.log_every and checkpoint_every must be >= 1")
+    return Experiment(model=model, prosg=prosg_cfg, stages=names, curricula=curricula)

@@ -1,0 +1,139 @@
+"""Pure losses and the jitted train step of each stage.
+
+Trainable parameters by stage: ``base`` — the LM; ``prosg`` — the SG module
+(the base is a frozen, separately passed argument); ``joint`` —
+``{"base": LM, "sg": SG module}``. Parameters are float32 master weights; the
+LM sees them cast to its compute dtype.
+
+Axis legend: ``B`` batch, ``T`` packed row length, ``P`` prompt, ``K`` continuation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from prosg_jax import prosg
+from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.models.lm import forward_core, init_state
+from prosg_jax.train import mesh as mesh_lib
+from prosg_jax.train.data import to_batch
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a stage's checkpoint holds besides the data-iterator state."""
+
+    step: jax.Array  # int32 scalar: completed micro-steps
+    params: dict
+    opt_state: optax.OptState
+
+
+def compute_params(model_cfg: RWKVConfig, params):
+    """The LM parameters in the compute dtype (float32 master weights otherwise)."""
+    if model_cfg.compute_dtype == jnp.float32:
+        return params
+    return jax.tree.map(lambda x: x.astype(model_cfg.compute_dtype), params)
+
+
+def _weighted_ce(logits, targets, weights, answer_mask):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    loss = (nll * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
+    correct = (jnp.argmax(logits, -1) == targets) * answer_mask
+    return loss, {"answer_correct": correct.sum(), "answer_count": answer_mask.sum()}
+
+
+def base_loss(model_cfg: RWKVConfig, params, batch: dict):
+    """Weighted next-token loss on packed rows (state resets at ``positions == 0``)."""
+    logits, _, _ = forward_core(
+        model_cfg,
+        compute_params(model_cfg, params),
+        batch["inputs"],
+        init_state(model_cfg, batch["inputs"].shape[0]),
+        positions=batch["positions"],
+    )
+    return _weighted_ce(logits, batch["targets"], batch["loss_mask"], batch["answer_mask"])
+
+
+def _split(stage: str, trainable, frozen):
+    """``(base params, SG params)`` of a stage's trainable and frozen trees."""
+    if stage == "prosg":
+        return frozen, trainable
+    return trainable["base"], trainable["sg"]
+
+
+def loss_fn(stage: str, model_cfg: RWKVConfig, prosg_cfg: ProSGConfig, trainable, frozen, batch):
+    """``(loss, metrics)`` of one batch for ``stage``."""
+    if stage == "base":
+        return base_loss(model_cfg, trainable, batch)
+    base, sg = _split(stage, trainable, frozen)
+    loss, aux = prosg.continuation_loss(
+        model_cfg, compute_params(model_cfg, base), sg, prosg_cfg, to_batch(batch)
+    )
+    return loss, {"ce": aux["ce"], "sg_match": aux["sg_match"]}
+
+
+def answer_accuracy(stage, model_cfg, prosg_cfg, trainable, frozen, batch) -> dict:
+    """Answer-token accuracy of a ProSG batch (an extra forward, run on logging steps)."""
+    base, sg = _split(stage, trainable, frozen)
+    logits, _, _ = prosg.continuation_logits(
+        model_cfg, compute_params(model_cfg, base), sg, prosg_cfg, to_batch(batch)
+    )
+    correct = (jnp.argmax(logits, -1) == batch["targets"]) * batch["answer_mask"]
+    return {"answer_correct": correct.sum(), "answer_count": batch["answer_mask"].sum()}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+    """The jitted functions of one stage."""
+
+    train_step: callable
+    accuracy: callable | None  # ProSG stages: (state, frozen, batch) -> counts
+
+
+def make_step_fns(
+    stage: str,
+    model_cfg: RWKVConfig,
+    prosg_cfg: ProSGConfig,
+    optimizer: optax.GradientTransformation,
+    mesh,
+    state_shardings,
+    frozen_shardings,
+) -> StepFns:
+    """Jits the train step with explicit shardings; the state is donated."""
+
+    def train_step(state: TrainState, frozen, batch):
+        grad_fn = jax.value_and_grad(
+            functools.partial(loss_fn, stage, model_cfg, prosg_cfg), has_aux=True
+        )
+        (loss, metrics), grads = grad_fn(state.params, frozen, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    batch_sh = mesh_lib.batch_sharding(mesh)
+    rep = mesh_lib.replicated(mesh)
+    step = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, frozen_shardings, batch_sh),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+    accuracy = None
+    if stage != "base":
+        accuracy = jax.jit(
+            lambda state, frozen, batch: answer_accuracy(
+                stage, model_cfg, prosg_cfg, state.params, frozen, batch
+            ),
+            in_shardings=(state_shardings, frozen_shardings, batch_sh),
+            out_shardings=rep,
+        )
+    return StepFns(train_step=step, accuracy=accuracy)

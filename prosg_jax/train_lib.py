@@ -1,0 +1,147 @@
+"""Training entry point called by ``train.py``: the stages of one experiment.
+
+Stages (``config.train.stages``, run in order):
+
+* ``base`` — the language model itself: next-token loss on packed rows from
+  the grain pipeline (state reset where ``positions == 0``). Starts from
+  ``config.init_from`` when set (0 steps allowed: the model is just exported).
+* ``prosg`` — the SG module on the frozen base: continuation loss with the
+  prompt's deltas applied (:func:`prosg_jax.prosg.continuation_loss`).
+* ``joint`` — both together (``ProSGConfig.train_base``).
+
+Each stage checkpoints with orbax under ``<workdir>/checkpoints/<stage>``
+and resumes from its latest complete checkpoint when run again with the same
+command; a finished stage is skipped. After every checkpoint the workdir
+holds ``base.safetensors``, ``prosg.safetensors`` and ``run.json``, which
+:func:`prosg_jax.load_run` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from prosg_jax.checkpoint import load_rwkv
+from prosg_jax.data.tokenizers import get_tokenizer
+from prosg_jax.errors import UserError
+from prosg_jax.export import BASE_FILE, read_run_info
+from prosg_jax.models import init_params
+from prosg_jax.train import data as data_lib
+from prosg_jax.train import experiment
+from prosg_jax.train import mesh as mesh_lib
+from prosg_jax.train.loop import Context, Params, Preempted, StopFlag, host_params, run_stage
+
+__all__ = ["Params", "Preempted", "check_workdir", "train"]
+
+
+def check_workdir(workdir: str | os.PathLike) -> Path:
+    """Creates ``workdir`` and checks that it is writable (one-line error otherwise)."""
+    path = Path(workdir).absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"workdir {path} is not writable: {e.strerror or e}") from e
+    return path
+
+
+def _load_base(path: str, exp: experiment.Experiment, what: str) -> dict:
+    """Float32 master weights from an official-layout file, checked against config.model."""
+    cfg, params = load_rwkv(path)
+    experiment.check_same_shape(exp.model, cfg, what)
+    return host_params(params)
+
+
+def _check_workdir_model(workdir: Path, exp: experiment.Experiment) -> None:
+    """A config whose model shape contradicts the run already in the workdir is an error."""
+    info = read_run_info(workdir)
+    if info is None:
+        return
+    from prosg_jax.config import RWKVConfig
+
+    experiment.check_same_shape(exp.model, RWKVConfig(**info["model"]), str(workdir))
+
+
+def initial_base(config, workdir: Path, exp: experiment.Experiment, first_stage: str) -> dict:
+    """The base parameters a run starts from.
+
+    ``base`` as first stage: ``init_from`` or a fresh initialisation (its own
+    checkpoint, if any, takes over in the stage). Otherwise: ``init_from``,
+    else ``<workdir>/base.safetensors``.
+    """
+    if config.init_from:
+        return _load_base(config.init_from, exp, config.init_from)
+    if first_stage == "base":
+        return host_params(init_params(jax.random.key(config.seed), exp.model))
+    existing = workdir / BASE_FILE
+    if existing.is_file():
+        return _load_base(str(existing), exp, str(existing))
+    raise UserError(
+        f"the {first_stage} stage needs a base model: add 'base' to config.train.stages, "
+        "set config.init_from, or use a --workdir that has base.safetensors"
+    )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Params:
+    """Runs ``config.train.stages`` in ``workdir``, resuming where a previous run stopped.
+
+    Returns:
+      The final parameters (host numpy): ``.base`` (the LM) and ``.sg`` (the
+      SG module; None without a ProSG stage) — what :func:`prosg_jax.load_run`
+      reads back from the workdir.
+
+    Raises:
+      UserError: a problem to fix in the config, command line or workdir.
+      Preempted: SIGTERM arrived (a checkpoint was written first).
+    """
+    exp = experiment.build(config)
+    workdir = check_workdir(workdir)
+    if config.distributed:
+        jax.distributed.initialize()
+    _check_workdir_model(workdir, exp)
+    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    tokenizer = get_tokenizer(config.tokenizer)
+    if tokenizer.vocab_size > exp.model.vocab_size:
+        raise UserError(
+            f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but "
+            f"config.model.vocab_size is {exp.model.vocab_size}"
+        )
+    directory = data_lib.data_dir(config, workdir)
+    for phases in exp.curricula.values():  # build every dataset before the first step
+        for phase in phases:
+            for name, _ in phase.mixture:
+                data_lib.prepare(data_lib.parse_dataset(name), directory)
+
+    stop = StopFlag()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        del signum, frame
+        stop.requested = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        ctx = Context(
+            config=config,
+            workdir=workdir,
+            exp=exp,
+            mesh=mesh,
+            tokenizer=tokenizer,
+            data_dir=directory,
+            stop=stop,
+            stages_done=[],
+        )
+        params = Params(base=initial_base(config, workdir, exp, exp.stages[0]), sg=None)
+        for stage in exp.stages:
+            params = run_stage(ctx, stage, params)
+            ctx.stages_done.append(stage)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return params

@@ -1,0 +1,80 @@
+"""eval.py / prosg_jax.eval_lib on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from train_fixtures import tiny_config
+
+import prosg_jax as pj
+from prosg_jax import eval_lib
+from prosg_jax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    workdir, _ = trained_run
+    config = tiny_config()
+    config.eval.methods = "none,repeat_prompt,true_grad,prosg"
+    config.eval.exact_match = "teacher_forced"  # generation is checked against it below
+    return workdir, eval_lib.evaluate(config, workdir)
+
+
+def test_eval_writes_table_json_and_plot(evaluated):
+    workdir, results = evaluated
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    methods = ["none", "repeat_prompt", "true_grad", "prosg"]
+    for key, columns in (("prompt_retention", ["16", "32"]), ("mqar", ["l32_kv4_voc64"])):
+        assert list(results[key]) == methods
+        for m in methods:
+            assert list(results[key][m]) == columns
+            for c in columns:
+                assert 0.0 <= results[key][m][c] <= 1.0
+                assert results[f"{key}_std"][m][c] >= 0.0
+                assert np.isfinite(results["perplexity"][key][m][c])
+                assert results["perplexity"][key][m][c] > 1.0
+    # 2 seeds x 2 examples x (2 facts + closing word); MQAR: 4 keys each.
+    assert results["n_answers"] == {
+        "prompt_retention": {"16": 12, "32": 12},
+        "mqar": {"l32_kv4_voc64": 16},
+    }
+    assert results["config"]["seeds"] == [0, 1]
+    table = (workdir / "results.md").read_text()
+    assert "| true_grad |" in table and "| 16 | 32 |" in table
+    assert (workdir / "recall_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_agrees_with_teacher_forcing(trained_run):
+    run = pj.load_run(trained_run[0])
+    for name, kind, method in (
+        ("prompt_retention/d32_f2_n0_val0_t4", "prompt_retention", "prosg"),
+        ("mqar/l32_kv4_voc64_n0_val0_t4", "mqar", "repeat_prompt"),
+    ):
+        es = eval_lib.load_eval_set(
+            name, kind, 2, (0, 1), str(trained_run[0] / "tfds"), run.tokenizer
+        )
+        _, _, tf_hits, tf_first = eval_lib.teacher_forced(run, es, method, 8)
+        assert np.array_equal(eval_lib.exact_match(run, es, method, 8), tf_hits)
+        # The first generated token is the teacher-forced argmax after the context.
+        gen = eval_lib._complete_batch(
+            run,
+            es.prompts,
+            es.prompt_lengths,
+            es.contexts,
+            es.context_lengths,
+            max_new_tokens=3,
+            method=method,
+        )
+        np.testing.assert_array_equal(gen[:, 0], tf_first, err_msg=name)
+
+
+def test_eval_user_errors(trained_run, tmp_path):
+    config = tiny_config()
+    with pytest.raises(UserError, match="no trained run"):
+        eval_lib.evaluate(config, tmp_path)
+    config.eval.methods = "none,beam"
+    with pytest.raises(UserError, match="config.eval.methods"):
+        eval_lib.evaluate(config, trained_run[0])

@@ -1,0 +1,29 @@
+"""Trains a prosg_jax model; see ``prosg_jax.train_lib``.
+
+python train.py --config configs/tiny_cpu.py --workdir /tmp/prosg_demo
+
+Running the same command again resumes from the latest checkpoint.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from prosg_jax import cli, train_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/tiny_cpu.py", "Experiment config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/prosg_jax", "Checkpoints, metrics and exports.")
+
+
+def main(argv):
+    del argv
+    try:
+        train_lib.train(_CONFIG.value, _WORKDIR.value)
+    except train_lib.Preempted as e:
+        print(f"train.py: {e}", flush=True)
+        raise SystemExit(143) from None
+
+
+if __name__ == "__main__":
+    cli.run(main)
