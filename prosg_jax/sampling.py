@@ -230,8 +230,11 @@ def _read_contexts(
     """Prompt ++ context, left-aligned, in one pass from a fresh state.
 
     The base model reads each prompt up to its last token; from that token on
-    the deltas are in force. Left alignment puts every row's context last, so
-    right-padding a ragged context never runs pads through the state.
+    the deltas are in force (a per-token gate on their scale). Left alignment
+    puts every row's context last, so right-padding a ragged context never
+    runs pads through the state. The prompt is read a second time (after the
+    pass that derived the deltas) because only a fresh state, where pads at
+    position 0 are invisible, lets rows of different lengths share one pass.
     """
     if prosg_cfg.method == "repeat_prompt":
         prompts, prompt_lengths = repeat_prompts(prompts, prompt_lengths)

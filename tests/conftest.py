@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -22,6 +23,26 @@ def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):
     tensors = random_tensors(version, seed=seed, **shape)
     cfg = config_from_tensors(tensors, dtype)
     return cfg, params_from_tensors(cfg, tensors, dtype=jax.numpy.dtype(dtype))
+
+
+# Every compiled XLA:CPU executable keeps a few memory mappings alive, and the
+# whole suite in one process compiles thousands of them. Linux caps a process
+# at vm.max_map_count (65,530 by default) mappings; past it LLVM's JIT fails an
+# mmap and the process segfaults inside the compiler. Dropping JAX's caches
+# once a test leaves the process near the cap releases them (and costs only
+# recompilation where a later test needs the same program).
+_MAPS = f"/proc/{os.getpid()}/maps"
+_MAP_BUDGET = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    yield
+    if os.path.exists(_MAPS):
+        with open(_MAPS) as f:
+            if sum(1 for _ in f) > _MAP_BUDGET:
+                jax.clear_caches()
+                gc.collect()
 
 
 @pytest.fixture(params=[4, 7], ids=["rwkv4", "rwkv7"])
