@@ -9,20 +9,11 @@ The base is frozen (stage ``prosg`` only); its shape below must match the file
 Every field not set here is the embedded default's (configs/tiny_cpu.py).
 """
 
-import importlib.util
-import pathlib
-
-
-def _default():
-    path = pathlib.Path(__file__).with_name("tiny_cpu.py")
-    spec = importlib.util.spec_from_file_location("tiny_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from prosg_jax.train.experiment import sibling_config
 
 
 def get_config():
-    config = _default()
+    config = sibling_config(__file__, "tiny_cpu")
     config.init_from = "RWKV-x070-World-0.1B.pth"  # the official checkpoint (.pth/.safetensors)
     config.tokenizer = "world"  # RWKV world tokenizer (65,536 ids)
     config.model.version = 7

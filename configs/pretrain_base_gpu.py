@@ -20,26 +20,16 @@ give it several thousand (``--config.train.base.steps=5000``, about 15 min on an
 H100 at ~170k tokens/s).
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _default() -> ml_collections.ConfigDict:
-    path = pathlib.Path(__file__).with_name("tiny_cpu.py")
-    spec = importlib.util.spec_from_file_location("tiny_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
+from prosg_jax.train.experiment import sibling_config
 
 # Distances and fact counts of the base-stage mixture: "d<D>_f<facts>".
 _MIXTURE = ("d0_f1", "d16_f2", "d32_f4", "d48_f1", "d64_f2", "d64_f4")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _default()
+    config = sibling_config(__file__, "tiny_cpu")
     config.model.head_size = 32  # 4 heads of 32: the shipped base's shape
     config.train.stages = "base"  # the SG module is trained by the default run itself
     config.data.train_mixture = ",".join(

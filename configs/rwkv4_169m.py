@@ -4,20 +4,11 @@ Every field not set here is the embedded default's (configs/tiny_cpu.py, where
 each one is documented).
 """
 
-import importlib.util
-import pathlib
-
-
-def _default():
-    path = pathlib.Path(__file__).with_name("tiny_cpu.py")
-    spec = importlib.util.spec_from_file_location("tiny_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from prosg_jax.train.experiment import sibling_config
 
 
 def get_config():
-    config = _default()
+    config = sibling_config(__file__, "tiny_cpu")
     config.model.version = 4  # RWKV-4 (head_size is ignored)
     config.model.d_model = 768
     config.model.n_layer = 12

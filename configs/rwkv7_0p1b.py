@@ -6,20 +6,11 @@ by default (``--config.tokenizer=world --config.model.vocab_size=65536`` for the
 world tokenizer; the base stage needs the byte tokenizer on the generated data).
 """
 
-import importlib.util
-import pathlib
-
-
-def _default():
-    path = pathlib.Path(__file__).with_name("tiny_cpu.py")
-    spec = importlib.util.spec_from_file_location("tiny_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from prosg_jax.train.experiment import sibling_config
 
 
 def get_config():
-    config = _default()
+    config = sibling_config(__file__, "tiny_cpu")
     config.model.d_model = 768  # residual width
     config.model.n_layer = 12  # blocks
     config.model.head_size = 64  # 12 heads

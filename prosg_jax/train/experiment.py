@@ -7,6 +7,8 @@ scripts report it as one line.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -29,6 +31,19 @@ SHAPE_FIELDS = (
     "d_mv_lora",
     "d_gate_lora",
 )
+
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of ``configs/<name>.py`` beside ``config_file``.
+
+    Config files are loaded by path (``--config configs/x.py``), not as a
+    package, so one that extends another loads it by path too.
+    """
+    path = pathlib.Path(config_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def split_list(text: str) -> tuple[str, ...]:
