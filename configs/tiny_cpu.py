@@ -82,13 +82,17 @@ def get_config() -> ml_collections.ConfigDict:
         stage = ml_collections.ConfigDict()
         stage.steps = steps  # optimizer micro-steps (batches) of this stage; 0 = skip training
         stage.lr = lr  # peak learning rate
-        stage.warmup_steps = 20  # linear warmup, then cosine decay to min_lr_ratio * lr
+        stage.warmup_steps = 20  # linear warmup, then (constant and) cosine to min_lr_ratio * lr
         stage.batch_size = batch  # global batch: packed rows (base) or examples (prosg/joint)
         stage.mixture = ""  # this stage's datasets/curriculum; "" = data.train_mixture
         config.train[name] = stage
     config.train.joint = config.train.prosg.copy_and_resolve_references()
     config.train.joint.steps = 0  # joint (base + SG module) training is off by default
     config.train.min_lr_ratio = 0.1  # final learning rate of the cosine, relative to lr
+    config.train.decay_frac = 1.0  # cosine over this last share of steps; lr at peak before
+    # ProSG stages: this share of each batch continues from an empty recurrent state, so
+    # the deltas alone must carry the prompt (as after a long generation).
+    config.train.forget_frac = 0.5
     config.train.weight_decay = 0.01  # AdamW decay on matrices (not norms/embeddings/scales)
     config.train.b1 = 0.9  # Adam beta1
     config.train.b2 = 0.99  # Adam beta2
@@ -107,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "generate": greedy generation per answer; "teacher_forced": the same score from
     # one teacher-forced pass per example (exact for greedy decoding, ~5x cheaper).
     config.eval.exact_match = "generate"
-    config.eval.distances = "64,256,1024"  # distractor lengths D (longer than training too)
+    config.eval.distances = "64,1024,4096"  # distractor lengths D (longer than training too)
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)
     config.eval.num_examples = 8  # test examples per distance and seed

@@ -258,3 +258,77 @@ def test_data_parallel_and_fsdp_steps_match_one_device(tmp_path):
             np.testing.assert_allclose(
                 got["params"], ref["params"], rtol=1e-4, atol=1e-6, err_msg=f"{stage} {layout}"
             )
+
+
+def test_schedule_warmup_stable_decay():
+    """decay_frac=1 is optax's warmup + cosine; a smaller one holds the peak, then decays."""
+    import types
+
+    import optax
+
+    from prosg_jax.train import optim
+
+    stage = types.SimpleNamespace(steps=100, lr=3e-3, warmup_steps=20)
+    train = types.SimpleNamespace(grad_accum=1, min_lr_ratio=0.1, decay_frac=1.0)
+    cosine = optax.warmup_cosine_decay_schedule(3e-3 / 21, 3e-3, 20, 100, 3e-4)
+    full = optim.schedule(train, stage)
+    np.testing.assert_allclose([full(i) for i in range(101)], [cosine(i) for i in range(101)])
+    train.decay_frac = 0.25  # 80 updates after warmup: 60 at the peak, 20 of cosine
+    wsd = optim.schedule(train, stage)
+    np.testing.assert_allclose([wsd(i) for i in range(20, 81)], 3e-3, rtol=1e-6)
+    assert 3e-4 < wsd(81) < 3e-3 and 3e-4 < wsd(99) < wsd(90)
+    np.testing.assert_allclose(wsd(100), 3e-4, rtol=1e-6)
+    train.decay_frac = 0.0
+    with pytest.raises(ValueError, match="decay_frac"):
+        optim.schedule(train, stage)
+
+
+def test_forget_frac_continues_the_leading_rows_from_an_empty_state():
+    """The ProSG loss with forget_frac is continuation_loss with the leading rows forgotten."""
+    import jax.numpy as jnp
+
+    from prosg_jax import prosg
+    from prosg_jax.models import init_params
+    from prosg_jax.train import experiment
+    from prosg_jax.train.steps import forget_rows, loss_fn
+
+    exp = experiment.build(tiny_config())
+    rng = np.random.default_rng(0)
+    # Perturbed away from init, where zero-initialised outputs hide the state.
+    base = jax.tree.map(
+        lambda x: x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype),
+        init_params(jax.random.key(0), exp.model),
+    )
+    sg = prosg.init(jax.random.key(1), exp.model, exp.prosg)
+    targets = rng.integers(1, 258, (4, 6)).astype(np.int32)
+    lengths = np.asarray([5, 3, 4, 5], np.int32)
+    prompts = rng.integers(1, 258, (4, 5)).astype(np.int32) * (np.arange(5) < lengths[:, None])
+    batch = {
+        "prompts": prompts.astype(np.int32),
+        "prompt_lengths": lengths,
+        "targets": targets,
+        "loss_mask": np.ones((4, 6), np.float32),
+        "answer_mask": np.ones((4, 6), np.float32),
+    }
+    assert forget_rows(4, 0.0) is None and forget_rows(4, 0.1) is None
+    np.testing.assert_array_equal(forget_rows(4, 0.5), [True, True, False, False])
+    got, _ = loss_fn("prosg", exp.model, exp.prosg, sg, base, batch, forget_frac=0.5)
+    want, _ = prosg.continuation_loss(
+        exp.model,
+        base,
+        sg,
+        exp.prosg,
+        prosg.Batch(*(batch[f] for f in prosg.Batch._fields)),
+        forget=jnp.asarray([True, True, False, False]),
+    )
+    kept, _ = loss_fn("prosg", exp.model, exp.prosg, sg, base, batch)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert abs(float(got) - float(kept)) > 1e-4
+
+
+def test_metrics_print_one_line_per_logged_step_without_a_bar(tmp_path, capsys):
+    writer = metrics_lib.MetricsWriter(tmp_path, "base", start=0, total=10, bar=False)
+    writer.write(10, {"loss": 0.5, "answer_acc": 0.25, "grad_norm": 1.0})
+    writer.close()
+    assert capsys.readouterr().err.splitlines() == ["base step 10: loss=0.5 answer_acc=0.25"]
+    assert read_metrics(tmp_path)[0]["grad_norm"] == 1.0

@@ -127,7 +127,17 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     write_json(ctx.workdir / RUN_FILE, info)
 
 
-_OPT_FIELDS = ("min_lr_ratio", "weight_decay", "b1", "b2", "eps", "grad_clip", "grad_accum")
+_OPT_FIELDS = (
+    "min_lr_ratio",
+    "decay_frac",
+    "weight_decay",
+    "b1",
+    "b2",
+    "eps",
+    "grad_clip",
+    "grad_accum",
+    "forget_frac",
+)
 _STAGE_FIELDS = ("steps", "lr", "warmup_steps")
 
 
@@ -174,7 +184,16 @@ def _compiled_stage(stage, model_cfg, prosg_cfg, opt_key, stage_key, mesh, train
         frozen_sh = jax.tree.unflatten(
             frozen[0], [mesh_lib.leaf_sharding(mesh, s) for s, _ in frozen[1]]
         )
-    fns = make_step_fns(stage, model_cfg, prosg_cfg, optimizer, mesh, state_sh, frozen_sh)
+    fns = make_step_fns(
+        stage,
+        model_cfg,
+        prosg_cfg,
+        optimizer,
+        mesh,
+        state_sh,
+        frozen_sh,
+        forget_frac=train_cfg.forget_frac,
+    )
     return _Compiled(
         optimizer=optimizer,
         lr_fn=lr_fn,

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import jax
 
+# Metrics shown on the progress bar, or printed per logged step without one.
+_SHOWN = ("loss", "answer_acc", "tokens_per_s", "lr")
+
 
 class MetricsWriter:
     """Appends one JSON line per logged step and mirrors it to TensorBoard and the bar."""
@@ -60,9 +63,12 @@ class MetricsWriter:
         for k, v in metrics.items():
             self._tb.add_scalar(f"{self.stage}/{k}", v, step)
         self._tb.flush()
+        shown = {k: f"{metrics[k]:.4g}" for k in _SHOWN if k in metrics}
         if self._bar is not None:
-            shown = {k: metrics[k] for k in ("loss", "answer_acc", "lr") if k in metrics}
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            self._bar.set_postfix(shown, refresh=False)
+        else:  # a batch job: one plain line per logged step
+            text = " ".join(f"{k}={v}" for k, v in shown.items())
+            print(f"{self.stage} step {step}: {text}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         """A line on stderr that does not break the bar."""

@@ -1,4 +1,4 @@
-"""AdamW with warmup + cosine, global-norm clipping, masked weight decay, accumulation."""
+"""AdamW with warmup, stable and cosine phases, clipping, masked weight decay, accumulation."""
 
 from __future__ import annotations
 
@@ -20,16 +20,28 @@ def decay_mask(params):
 
 
 def schedule(train_cfg, stage_cfg) -> optax.Schedule:
-    """Linear warmup to ``lr``, then cosine to ``min_lr_ratio * lr``, over optimizer updates."""
+    """Linear warmup to ``lr``, a constant stretch, then cosine to ``min_lr_ratio * lr``.
+
+    The cosine covers the last ``decay_frac`` of the updates after warmup: 1.0 is
+    the usual warmup + cosine; a smaller fraction is warmup-stable-decay, which
+    keeps the learning rate high for longer (recall in the small byte models
+    only appears after many updates at a high rate).
+    """
+    if not 0.0 < train_cfg.decay_frac <= 1.0:
+        raise ValueError(f"config.train.decay_frac={train_cfg.decay_frac} must be in (0, 1]")
     accum = train_cfg.grad_accum
     updates = max(1, -(-stage_cfg.steps // accum))
     warmup = min(stage_cfg.warmup_steps // accum, updates - 1)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=stage_cfg.lr / (warmup + 1),  # the first update already moves
-        peak_value=stage_cfg.lr,
-        warmup_steps=warmup,
-        decay_steps=max(updates, warmup + 1),
-        end_value=stage_cfg.lr * train_cfg.min_lr_ratio,
+    decay = max(1, round(train_cfg.decay_frac * (updates - warmup)))
+    stable = updates - warmup - decay
+    return optax.join_schedules(
+        [
+            # The first update already moves: warmup starts at lr / (warmup + 1).
+            optax.linear_schedule(stage_cfg.lr / (warmup + 1), stage_cfg.lr, warmup),
+            optax.constant_schedule(stage_cfg.lr),
+            optax.cosine_decay_schedule(stage_cfg.lr, decay, alpha=train_cfg.min_lr_ratio),
+        ],
+        boundaries=[warmup, warmup + stable],
     )
 
 

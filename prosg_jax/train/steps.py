@@ -68,13 +68,40 @@ def _split(stage: str, trainable, frozen):
     return trainable["base"], trainable["sg"]
 
 
-def loss_fn(stage: str, model_cfg: RWKVConfig, prosg_cfg: ProSGConfig, trainable, frozen, batch):
-    """``(loss, metrics)`` of one batch for ``stage``."""
+def forget_rows(batch_size: int, forget_frac: float) -> jax.Array | None:
+    """``bool[B]``: the first ``round(forget_frac * B)`` rows, or None when there are none.
+
+    Batches are shuffled, so a fixed leading block is a random subset of examples.
+    """
+    n = round(forget_frac * batch_size)
+    return jnp.arange(batch_size) < n if n > 0 else None
+
+
+def loss_fn(
+    stage: str,
+    model_cfg: RWKVConfig,
+    prosg_cfg: ProSGConfig,
+    trainable,
+    frozen,
+    batch,
+    *,
+    forget_frac: float = 0.0,
+):
+    """``(loss, metrics)`` of one batch for ``stage``.
+
+    ProSG stages continue a ``forget_frac`` share of each batch's rows from an
+    empty recurrent state (see :func:`prosg_jax.prosg.continuation_logits`).
+    """
     if stage == "base":
         return base_loss(model_cfg, trainable, batch)
     base, sg = _split(stage, trainable, frozen)
     loss, aux = prosg.continuation_loss(
-        model_cfg, compute_params(model_cfg, base), sg, prosg_cfg, to_batch(batch)
+        model_cfg,
+        compute_params(model_cfg, base),
+        sg,
+        prosg_cfg,
+        to_batch(batch),
+        forget=forget_rows(batch["targets"].shape[0], forget_frac),
     )
     return loss, {"ce": aux["ce"], "sg_match": aux["sg_match"]}
 
@@ -105,12 +132,15 @@ def make_step_fns(
     mesh,
     state_shardings,
     frozen_shardings,
+    *,
+    forget_frac: float = 0.0,
 ) -> StepFns:
     """Jits the train step with explicit shardings; the state is donated."""
 
     def train_step(state: TrainState, frozen, batch):
         grad_fn = jax.value_and_grad(
-            functools.partial(loss_fn, stage, model_cfg, prosg_cfg), has_aux=True
+            functools.partial(loss_fn, stage, model_cfg, prosg_cfg, forget_frac=forget_frac),
+            has_aux=True,
         )
         (loss, metrics), grads = grad_fn(state.params, frozen, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
