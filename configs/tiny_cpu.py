@@ -1,9 +1,11 @@
 """The embedded default: a tiny byte-level RWKV-7 and its ProSG module, on a 2-core CPU.
 
-``python train.py --config configs/tiny_cpu.py --workdir W`` trains the base LM
-(``base`` stage) and then the SG module on the frozen base (``prosg`` stage);
+``python train.py --config configs/tiny_cpu.py --workdir W`` starts from the
+shipped base (``init_from``: pretrained on a GPU by ``configs/pretrain_base_gpu.py``,
+``base`` stage 0 steps here) and trains the SG module on it (``prosg`` stage, 800
+steps, half of each batch continuing from an empty state);
 ``python eval.py --config configs/tiny_cpu.py --workdir W`` measures recall vs
-distance. Together they finish in about 15 minutes on two CPU cores. Every
+distance. Together they take about 17 minutes on two quiet CPU cores. Every
 field can be overridden from the command line, e.g. ``--config.train.prosg.steps=50``.
 
 Dataset names (``data.train_mixture``, ``eval.*``) are TFDS names of the
@@ -78,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Training: stages run in order; each has its own steps, batch size and schedule.
     config.train = ml_collections.ConfigDict()
     config.train.stages = "base,prosg"  # any of base (the LM), prosg (SG module), joint (both)
-    for name, steps, lr, batch in (("base", 0, 3e-3, 8), ("prosg", 100, 3e-3, 8)):
+    for name, steps, lr, batch in (("base", 0, 3e-3, 8), ("prosg", 800, 3e-3, 8)):
         stage = ml_collections.ConfigDict()
         stage.steps = steps  # optimizer micro-steps (batches) of this stage; 0 = skip training
         stage.lr = lr  # peak learning rate
@@ -107,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Evaluation (eval.py): recall vs distance on the prompt_retention test split.
     config.eval = ml_collections.ConfigDict()
     # Methods compared (true_grad, per-example backprop over the prompt, is the slow one).
-    config.eval.methods = "none,repeat_prompt,prosg"
+    config.eval.methods = "none,repeat_prompt,true_grad,prosg"
     # "generate": greedy generation per answer; "teacher_forced": the same score from
     # one teacher-forced pass per example (exact for greedy decoding, ~5x cheaper).
     config.eval.exact_match = "generate"

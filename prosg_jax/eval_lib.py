@@ -133,6 +133,7 @@ class EvalSet:
     context_lengths: np.ndarray  # [N]
     answers: list[np.ndarray]  # N answer id arrays
     row_example: np.ndarray  # [N] example of each row
+    row_is_fact: np.ndarray  # [N] the answer is a fact (not prompt_retention's closing word)
     max_new_tokens: int
 
 
@@ -181,6 +182,7 @@ def load_eval_set(name: str, kind: str, n: int, seeds, directory: str, tokenizer
         context_lengths=context_lengths,
         answers=[r[3] for r in rows],
         row_example=np.asarray([r[0] for r in rows]),
+        row_is_fact=np.concatenate([ex["answer_is_fact"] for ex in examples]),
         # Text answers: a couple of spare tokens, since another tokenizer may split
         # the generated text differently; MQAR answers are single tokens.
         max_new_tokens=max(answer_lens) + (0 if kind == "mqar" else 2),
@@ -262,12 +264,15 @@ def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
 
 
 def _per_seed(es: EvalSet, hits, nll, count, n_seeds):
-    accs, ppls = [], []
+    """Per seed: exact match of every answer, of the facts only, and answer perplexity."""
+    accs, fact_accs, ppls = [], [], []
     for k in range(n_seeds):
-        accs.append(float(hits[es.example_seed[es.row_example] == k].mean()))
+        rows = es.example_seed[es.row_example] == k
+        accs.append(float(hits[rows].mean()))
+        fact_accs.append(float(hits[rows & es.row_is_fact].mean()))
         ex = es.example_seed == k
         ppls.append(float(math.exp(nll[ex].sum() / max(count[ex].sum(), 1.0))))
-    return accs, ppls
+    return accs, fact_accs, ppls
 
 
 def _std(xs) -> float:
@@ -364,7 +369,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         data_lib.check_vocab(data_lib.parse_dataset(name), run.model_cfg.vocab_size)
 
     results: dict = {
-        k: {} for k in ("prompt_retention", "prompt_retention_std", "mqar", "mqar_std")
+        k: {}
+        for k in (
+            "prompt_retention",
+            "prompt_retention_std",
+            "prompt_retention_facts",
+            "prompt_retention_facts_std",
+            "mqar",
+            "mqar_std",
+        )
     }
     results["perplexity"] = {"prompt_retention": {}, "mqar": {}}
     results["n_answers"] = {"prompt_retention": {}, "mqar": {}}
@@ -376,12 +389,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             nll, count, hits, _ = teacher_forced(run, es, m, ev.batch_size)
             if ev.exact_match == "generate":
                 hits = exact_match(run, es, m, ev.batch_size)
-            accs, ppls = _per_seed(es, hits, nll, count, len(seeds))
+            accs, fact_accs, ppls = _per_seed(es, hits, nll, count, len(seeds))
             results[kind].setdefault(m, {})[label] = float(np.mean(accs))
             results[f"{kind}_std"].setdefault(m, {})[label] = _std(accs)
             results["perplexity"][kind].setdefault(m, {})[label] = float(np.mean(ppls))
+            facts = ""
+            if kind == "prompt_retention":
+                results["prompt_retention_facts"].setdefault(m, {})[label] = float(
+                    np.mean(fact_accs)
+                )
+                results["prompt_retention_facts_std"].setdefault(m, {})[label] = _std(fact_accs)
+                facts = f" (facts only {np.mean(fact_accs):.3f} ± {_std(fact_accs):.3f})"
             print(
-                f"{name} {m}: exact match {np.mean(accs):.3f} ± {_std(accs):.3f}, "
+                f"{name} {m}: exact match {np.mean(accs):.3f} ± {_std(accs):.3f}{facts}, "
                 f"answer perplexity {np.mean(ppls):.3g} ({time.time() - t:.1f}s)",
                 file=sys.stderr,
                 flush=True,
@@ -446,6 +466,14 @@ def results_table(results: dict) -> str:
         d_cols,
         pct,
     )
+    if results.get("prompt_retention_facts"):  # absent from results written before it existed
+        lines += _table(
+            f"prompt_retention (f{cfg['num_facts']}), facts only (closing word excluded)",
+            results["prompt_retention_facts"],
+            results["prompt_retention_facts_std"],
+            d_cols,
+            pct,
+        )
     if m_cols:
         lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
     lines += _table(

@@ -36,6 +36,13 @@ def test_eval_writes_table_json_and_plot(evaluated):
                 assert results[f"{key}_std"][m][c] >= 0.0
                 assert np.isfinite(results["perplexity"][key][m][c])
                 assert results["perplexity"][key][m][c] > 1.0
+    # The facts-only score is the all-answers score without the closing word (1 of 3).
+    for m in methods:
+        for c in ("16", "32"):
+            facts = results["prompt_retention_facts"][m][c]
+            assert 0.0 <= facts <= 1.0 and results["prompt_retention_facts_std"][m][c] >= 0.0
+            all_answers = results["prompt_retention"][m][c]
+            assert facts * 2 / 3 - 1e-9 <= all_answers <= facts * 2 / 3 + 1 / 3 + 1e-9
     # 2 seeds x 2 examples x (2 facts + closing word); MQAR: 4 keys each.
     assert results["n_answers"] == {
         "prompt_retention": {"16": 12, "32": 12},
@@ -44,6 +51,7 @@ def test_eval_writes_table_json_and_plot(evaluated):
     assert results["config"]["seeds"] == [0, 1]
     table = (workdir / "results.md").read_text()
     assert "| true_grad |" in table and "| 16 | 32 |" in table
+    assert "facts only (closing word excluded)" in table
     assert (workdir / "recall_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -246,7 +246,9 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
     Returns a dict of numpy arrays: ``prompt`` ``[n_p]``; ``cont`` ``[n_c]``
     (everything after the prompt: distractor and queries, EOS included);
     ``answer_mask`` ``[n_c]`` (1 on answer tokens); ``answer_start`` /
-    ``answer_end`` (each answer's span in ``cont``).
+    ``answer_end`` (each answer's span in ``cont``); ``answer_is_fact``
+    (per answer: a fact of the prompt rather than the closing word; every
+    MQAR answer is a fact).
 
     ``prompt_retention`` records are stored byte-tokenized; with another
     tokenizer their text pieces are re-encoded (so answer spans stay exact).
@@ -263,8 +265,10 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
             "answer_mask": mask,
             "answer_start": starts,
             "answer_end": starts + 1,
+            "answer_is_fact": np.ones(len(starts), bool),
         }
     prompt_text = _text(record["prompt"])
+    is_fact = np.asarray([_text(k) == "fact" for k in record["answers"]["kind"]], bool)
     if type(tokenizer).__name__ == "ByteTokenizer":
         tokens = np.asarray(record["tokens"], np.int32)
         n = len(prompt_text.encode("utf-8"))
@@ -277,6 +281,7 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
             "answer_mask": mask,
             "answer_start": starts,
             "answer_end": ends,
+            "answer_is_fact": is_fact,
         }
     # Re-encode piece by piece: distractor, then queries split around each answer.
     queries = _text(record["queries"])
@@ -306,6 +311,7 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
         "answer_mask": mask,
         "answer_start": np.asarray(starts, np.int32),
         "answer_end": np.asarray(ends, np.int32),
+        "answer_is_fact": is_fact,
     }
 
 

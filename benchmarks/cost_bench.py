@@ -1,0 +1,91 @@
+"""What ProSG costs a trained run: prompt processing and decoding, ProSG / plain.
+
+Loads a trained workdir (``pj.load_run``; e.g. the README's default run) and
+times, on ``--batch`` real ``prompt_retention`` test prompts (4 facts):
+
+- prompt processing: ``pj.prefill`` with ``method="prosg"`` (prompt pass, SG
+  module, compression, replay of the last token under the deltas) divided by
+  ``pj.prefill`` with ``method="none"`` (the plain prompt pass);
+- decoding: ``pj.decode_chunk`` of ``--tokens`` greedy tokens with the
+  prompt's deltas in force divided by the same decode without them (no stop
+  tokens, so both decode every token).
+
+Both ratios come from times measured in this run (best of ``--repeats``; the
+two cases alternate, so a noisy neighbour slows them alike).
+
+Usage::
+
+    python benchmarks/cost_bench.py --workdir /tmp/prosg_demo   # ~1 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import numpy as np
+from generate_bench import _best_of  # benchmarks/: alternating cases, best of N
+
+import prosg_jax as pj
+from prosg_jax.data import prompt_retention
+
+
+def sample_prompts(tokenizer, batch: int) -> list[list[int]]:
+    """The prompts (facts and instructions) of the first ``batch`` 4-fact test examples."""
+    config = prompt_retention.PromptRetentionConfig(name="d64_f4", distance=64, num_facts=4)
+    return [
+        tokenizer.encode(prompt_retention.make_example(config, "test", i)["prompt"])
+        for i in range(batch)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", required=True, help="a trained run (train.py's workdir)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=128, help="greedy tokens decoded per row")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    run = pj.load_run(args.workdir)
+    if run.sg_params is None:
+        raise SystemExit(f"{args.workdir} has no trained SG module (run the prosg stage)")
+    prompts = sample_prompts(run.tokenizer, args.batch)
+    common = dict(prosg_cfg=run.prosg_cfg, sg_params=run.sg_params)
+    cfg, params = run.model_cfg, run.params
+
+    def prefill(method):
+        def run(_):
+            jax.block_until_ready(pj.prefill(cfg, params, prompts, method=method, **common))
+
+        return lambda: None, run
+
+    pre = _best_of({m: prefill(m) for m in ("none", "prosg")}, args.repeats)
+
+    def decode(method):
+        # decode_chunk donates its state: each timed call gets a fresh prefill.
+        def setup():
+            return jax.block_until_ready(pj.prefill(cfg, params, prompts, method=method, **common))
+
+        return setup, lambda s: jax.block_until_ready(pj.decode_chunk(cfg, params, *s, args.tokens))
+
+    dec = _best_of({m: decode(m) for m in ("none", "prosg")}, args.repeats)
+
+    p_len = np.mean([len(p) for p in prompts])
+    print(
+        f"RWKV-{cfg.version} L={cfg.n_layer} C={cfg.d_model}; ProSG rank {run.prosg_cfg.rank}, "
+        f"{len(run.prosg_cfg.targets(cfg))} target matrices; batch {args.batch}, "
+        f"prompts of {p_len:.0f} tokens on average, {args.tokens} decoded tokens; "
+        f"device {jax.devices()[0].platform}"
+    )
+    print("| phase | plain (ms) | ProSG (ms) | ProSG / plain |")
+    print("|---|---|---|---|")
+    for name, t in (("prompt processing (prefill)", pre), (f"decode {args.tokens} tokens", dec)):
+        print(
+            f"| {name} | {t['none'] * 1e3:.1f} | {t['prosg'] * 1e3:.1f} | "
+            f"{t['prosg'] / t['none']:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
