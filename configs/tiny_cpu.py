@@ -5,7 +5,7 @@ shipped base (``init_from``: pretrained on a GPU by ``configs/pretrain_base_gpu.
 ``base`` stage 0 steps here) and trains the SG module on it (``prosg`` stage, 800
 steps, half of each batch continuing from an empty state);
 ``python eval.py --config configs/tiny_cpu.py --workdir W`` measures recall vs
-distance. Together they take about 17 minutes on two quiet CPU cores. Every
+distance. Together they take about 20 minutes on two quiet CPU cores. Every
 field can be overridden from the command line, e.g. ``--config.train.prosg.steps=50``.
 
 Dataset names (``data.train_mixture``, ``eval.*``) are TFDS names of the
