@@ -240,6 +240,19 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+def _split_tokenized(record, n: int, starts, ends, is_fact) -> dict:
+    """A stored-token record cut after its ``n`` prompt tokens (spans shifted into ``cont``)."""
+    tokens = np.asarray(record["tokens"], np.int32)
+    return {
+        "prompt": tokens[:n],
+        "cont": tokens[n:],
+        "answer_mask": np.asarray(record["loss_mask"], np.int32)[n:],
+        "answer_start": starts - n,
+        "answer_end": ends - n,
+        "answer_is_fact": is_fact,
+    }
+
+
 def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer) -> dict:
     """Splits one record into prompt and continuation token ids.
 
@@ -255,34 +268,19 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
     For ``mqar`` the prompt is the key-value context.
     """
     if dataset == "mqar":
-        tokens = np.asarray(record["tokens"], np.int32)
         n = 2 * len(record["keys"])
-        starts = np.asarray(record["query_positions"], np.int32) + 1 - n
-        mask = np.asarray(record["loss_mask"], np.int32)[n:]
-        return {
-            "prompt": tokens[:n],
-            "cont": tokens[n:],
-            "answer_mask": mask,
-            "answer_start": starts,
-            "answer_end": starts + 1,
-            "answer_is_fact": np.ones(len(starts), bool),
-        }
+        starts = np.asarray(record["query_positions"], np.int32) + 1
+        return _split_tokenized(record, n, starts, starts + 1, np.ones(len(starts), bool))
     prompt_text = _text(record["prompt"])
     is_fact = np.asarray([_text(k) == "fact" for k in record["answers"]["kind"]], bool)
     if type(tokenizer).__name__ == "ByteTokenizer":
-        tokens = np.asarray(record["tokens"], np.int32)
-        n = len(prompt_text.encode("utf-8"))
-        starts = np.asarray(record["answers"]["start"], np.int32) - n
-        ends = np.asarray(record["answers"]["end"], np.int32) - n
-        mask = np.asarray(record["loss_mask"], np.int32)[n:]
-        return {
-            "prompt": tokens[:n],
-            "cont": tokens[n:],
-            "answer_mask": mask,
-            "answer_start": starts,
-            "answer_end": ends,
-            "answer_is_fact": is_fact,
-        }
+        return _split_tokenized(
+            record,
+            len(prompt_text.encode("utf-8")),
+            np.asarray(record["answers"]["start"], np.int32),
+            np.asarray(record["answers"]["end"], np.int32),
+            is_fact,
+        )
     # Re-encode piece by piece: distractor, then queries split around each answer.
     queries = _text(record["queries"])
     pieces = [tokenizer.encode(_text(record["distractor"]))]
