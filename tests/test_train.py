@@ -312,6 +312,8 @@ def test_forget_frac_continues_the_leading_rows_from_an_empty_state():
     }
     assert forget_rows(4, 0.0) is None and forget_rows(4, 0.1) is None
     np.testing.assert_array_equal(forget_rows(4, 0.5), [True, True, False, False])
+    with pytest.raises(ValueError, match="forget_frac"):
+        forget_rows(4, 1.5)
     got, _ = loss_fn("prosg", exp.model, exp.prosg, sg, base, batch, forget_frac=0.5)
     want, _ = prosg.continuation_loss(
         exp.model,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from prosg_jax.errors import UserError
+
 # Path components whose leaves never get weight decay: norms, embeddings, scales.
 _NO_DECAY = ("emb", "ln0", "ln1", "ln2", "ln_out", "ln_x", "ln", "ln_read", "scale", "r_k")
 
@@ -28,7 +30,7 @@ def schedule(train_cfg, stage_cfg) -> optax.Schedule:
     only appears after many updates at a high rate).
     """
     if not 0.0 < train_cfg.decay_frac <= 1.0:
-        raise ValueError(f"config.train.decay_frac={train_cfg.decay_frac} must be in (0, 1]")
+        raise UserError(f"config.train.decay_frac={train_cfg.decay_frac} must be in (0, 1]")
     accum = train_cfg.grad_accum
     updates = max(1, -(-stage_cfg.steps // accum))
     warmup = min(stage_cfg.warmup_steps // accum, updates - 1)

@@ -20,6 +20,7 @@ import optax
 
 from prosg_jax import prosg
 from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core, init_state
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.data import to_batch
@@ -73,6 +74,8 @@ def forget_rows(batch_size: int, forget_frac: float) -> jax.Array | None:
 
     Batches are shuffled, so a fixed leading block is a random subset of examples.
     """
+    if not 0.0 <= forget_frac <= 1.0:
+        raise UserError(f"config.train.forget_frac={forget_frac} must be in [0, 1]")
     n = round(forget_frac * batch_size)
     return jnp.arange(batch_size) < n if n > 0 else None
 
