@@ -500,27 +500,53 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mqar_distances(configs) -> dict[str, int]:
+    """MQAR config → distance, when the configs differ in distance alone (a curve)."""
+    specs = {c: data_lib.parse_dataset(f"mqar/{c}").config for c in configs}
+    shapes = {(x.vocab_size, x.seq_len, x.num_kv_pairs, x.power_a, x.seed) for x in specs.values()}
+    if len(specs) < 2 or len(shapes) != 1:
+        return {}
+    return {c: x.distance for c, x in specs.items()}
+
+
 def plot(results: dict, path: str | os.PathLike) -> None:
-    """``recall_vs_distance.png``: one line per method, error bars = std over seeds."""
+    """``recall_vs_distance.png``: one line per method, error bars = std over seeds.
+
+    One panel for ``prompt_retention`` (if any distance was evaluated) and one
+    for MQAR configs that differ only in their distance.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    distances = results["config"]["distances"]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for m, row in results["prompt_retention"].items():
-        ys = [row[str(d)] for d in distances]
-        es = [results["prompt_retention_std"][m][str(d)] for d in distances]
-        ax.errorbar(distances, ys, yerr=es, marker="o", capsize=3, label=m)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(distances, [str(d) for d in distances])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("distance D (distractor tokens between prompt and questions)")
-    ax.set_ylabel("exact match")
-    ax.set_title(f"prompt_retention recall (f{results['config']['num_facts']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    cfg = results["config"]
+    panels = []
+    if cfg["distances"]:
+        title = f"prompt_retention recall (f{cfg['num_facts']})"
+        panels.append((title, "prompt_retention", {str(d): d for d in cfg["distances"]}))
+    mqar_d = _mqar_distances(cfg["mqar"])
+    if mqar_d:
+        panels.append((f"MQAR recall ({cfg['mqar'][0].split('_d')[0]})", "mqar", mqar_d))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
+    for ax, (title, kind, labels) in zip(axes[0], panels, strict=True):
+        order = sorted(labels, key=labels.get)
+        xs = [labels[c] for c in order]
+        for m, row in results[kind].items():
+            ys = [row[c] for c in order]
+            es = [results[f"{kind}_std"][m][c] for c in order]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+        # symlog: MQAR curves start at D = 0, which a log axis cannot show
+        ax.set_xscale("symlog", base=2, linthresh=min((x for x in xs if x > 0), default=1))
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("distance D (distractor tokens between prompt and questions)")
+        ax.set_ylabel("exact match")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp)

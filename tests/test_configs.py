@@ -50,6 +50,7 @@ def test_dataset_grammar():
     assert (spec.config.num_train, spec.config.num_test) == (2000, 50)
     assert data_lib.parse_dataset("mqar/l256_kv16").config.vocab_size == 8192  # predefined
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
+    assert data_lib.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
     for bad in ("prompt_retention/d12", "prompt_retention/d64_f4_x3", "lm1b/x"):
         with pytest.raises(experiment.UserError):
             data_lib.parse_dataset(bad)

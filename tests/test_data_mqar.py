@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,7 @@ def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     qpos = np.asarray(ex["query_positions"])
     n, first_value = config.num_kv_pairs, config.first_value_id
 
-    assert tokens.shape == mask.shape == (config.seq_len + 1,)
+    assert tokens.shape == mask.shape == (config.seq_len + config.distance + 1,)
     assert ((tokens > 0) & (tokens < config.vocab_size)).all()  # 0 is padding only.
     # Context: n distinct keys bound to n distinct values.
     np.testing.assert_array_equal(tokens[0 : 2 * n : 2], keys)
@@ -41,14 +43,19 @@ def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     assert (values >= first_value).all()
     # Every key is queried exactly once, after the context, at an even offset.
     assert sorted(tokens[qpos].tolist()) == sorted(keys.tolist())
-    assert (qpos >= 2 * n).all() and ((qpos - 2 * n) % 2 == 0).all()
+    first_slot = 2 * n + config.distance
+    assert (qpos >= first_slot).all() and ((qpos - first_slot) % 2 == 0).all()
     # No overwrite: a key only ever appears in its pair and its query, and
     # every appearance is followed by the value it was bound to.
     binding = dict(zip(keys.tolist(), values.tolist(), strict=True))
-    key_positions = np.flatnonzero(tokens < first_value)
+    key_positions = np.flatnonzero(np.isin(tokens, keys))
     assert len(key_positions) == 2 * n
     for p in key_positions:
         assert tokens[p + 1] == binding[int(tokens[p])]
+    # The distractor: bindings of unqueried keys; every other key position is one.
+    gap = tokens[2 * n : 2 * n + config.distance]
+    assert (gap[0::2] < first_value).all() and (gap[1::2] >= first_value).all()
+    assert len(np.flatnonzero(tokens < first_value)) == 2 * n + config.distance // 2
     # The loss mask marks exactly the answer (value) tokens of the queries.
     expected = np.zeros_like(mask)
     expected[qpos + 1] = 1
@@ -103,6 +110,27 @@ def test_power_law_puts_queries_early():
     assert mean_gap(0.01) < 0.5 * mean_gap(1.0)
 
 
+def test_distance_inserts_filler_and_keeps_the_rest():
+    # The same pairs and queries at every distance, D filler tokens later; D=0 is
+    # the plain config, and a shorter inserted gap is a prefix of a longer one.
+    n = TINY.num_kv_pairs
+    plain = mqar.make_example(TINY, "test", 3)
+    gaps = {}
+    for distance in (0, 6, 300):
+        config = dataclasses.replace(TINY, name=f"d{distance}", distance=distance)
+        ex = mqar.make_example(config, "test", 3)
+        _check_example(ex, config)
+        for key in ("keys", "values"):
+            np.testing.assert_array_equal(ex[key], plain[key])
+        np.testing.assert_array_equal(ex["query_positions"], plain["query_positions"] + distance)
+        np.testing.assert_array_equal(ex["tokens"][: 2 * n], plain["tokens"][: 2 * n])
+        for key in ("tokens", "loss_mask"):
+            np.testing.assert_array_equal(ex[key][2 * n + distance :], plain[key][2 * n :])
+        gaps[distance] = ex["tokens"][2 * n : 2 * n + distance]
+    np.testing.assert_array_equal(gaps[300][:6], gaps[6])
+    assert len(set(gaps[300][0::2].tolist())) > 100  # many distinct distractor keys
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -111,6 +139,9 @@ def test_power_law_puts_queries_early():
         ({"vocab_size": 16, "num_kv_pairs": 8}, "vocab_size=16 is too small"),
         ({"num_kv_pairs": 0}, "num_kv_pairs"),
         ({"power_a": 0.0}, "power_a"),
+        ({"distance": -2}, "distance"),
+        ({"distance": 7}, "even"),
+        ({"vocab_size": 18, "num_kv_pairs": 8, "distance": 2}, "no unqueried key"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -55,6 +55,25 @@ def test_eval_writes_table_json_and_plot(evaluated):
     assert (workdir / "recall_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_draws_an_mqar_distance_curve(tmp_path):
+    mqar = ["l128_kv8_voc256_d0", "l128_kv8_voc256_d64", "l128_kv8_voc256_d1024"]
+    assert eval_lib._mqar_distances(mqar) == dict(zip(mqar, [0, 64, 1024], strict=True))
+    assert eval_lib._mqar_distances(["l128_kv8_voc256", "l64_kv4_voc256_d64"]) == {}
+    assert eval_lib._mqar_distances(["l128_kv8_voc256"]) == {}
+    row = {c: 0.5 for c in mqar}
+    results = {
+        "config": {"distances": [], "num_facts": 4, "mqar": mqar},
+        "prompt_retention": {},
+        "mqar": {"none": row, "prosg": row},
+        "mqar_std": {"none": row, "prosg": row},
+    }
+    eval_lib.plot(results, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results["config"]["mqar"] = mqar[:1]  # no curve and no prompt_retention: no plot
+    eval_lib.plot(results, tmp_path / "q.png")
+    assert not (tmp_path / "q.png").exists()
+
+
 def test_generation_agrees_with_teacher_forcing(trained_run):
     run = pj.load_run(trained_run[0])
     for name, kind, method in (

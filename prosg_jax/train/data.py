@@ -7,7 +7,8 @@ generated on the fly (deterministically) into the data dir:
 
 * ``prompt_retention/d{distance}_f{facts}`` plus optional ``_n{num_train}``,
   ``_val{num_validation}``, ``_t{num_test}``, ``_q{num_queries}``, ``_s{seed}``;
-* ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``, ``_n``,
+* ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``,
+  ``_d{distance}`` (filler between the pairs and the queries), ``_n``,
   ``_val``, ``_t``, ``_s``.
 
 Example ``i`` of a split does not depend on the split sizes, so
@@ -59,6 +60,7 @@ _PR_EXTRA = {
 }
 _MQAR_EXTRA = {
     "voc": "vocab_size",
+    "d": "distance",
     "n": "num_train",
     "val": "num_validation",
     "t": "num_test",
@@ -112,7 +114,8 @@ def parse_dataset(name: str) -> DatasetSpec:
     grammar = (
         "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>]"
         if dataset == "prompt_retention"
-        else "l<seq_len>_kv<pairs>[_voc<vocab>][_n<train>][_val<n>][_t<test>][_s<seed>]"
+        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_n<train>][_val<n>][_t<test>]"
+        "[_s<seed>]"
     )
     m = base_re.match(config_name)
     rest = config_name[m.end() :] if m else ""
