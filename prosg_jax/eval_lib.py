@@ -459,14 +459,15 @@ def results_table(results: dict) -> str:
         f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
         "",
     ]
-    lines += _table(
-        f"prompt_retention (f{cfg['num_facts']})",
-        results["prompt_retention"],
-        results["prompt_retention_std"],
-        d_cols,
-        pct,
-    )
-    if results.get("prompt_retention_facts"):  # absent from results written before it existed
+    if d_cols:
+        lines += _table(
+            f"prompt_retention (f{cfg['num_facts']})",
+            results["prompt_retention"],
+            results["prompt_retention_std"],
+            d_cols,
+            pct,
+        )
+    if d_cols and results.get("prompt_retention_facts"):  # absent from older results
         lines += _table(
             f"prompt_retention (f{cfg['num_facts']}), facts only (closing word excluded)",
             results["prompt_retention_facts"],
@@ -476,13 +477,14 @@ def results_table(results: dict) -> str:
         )
     if m_cols:
         lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
-    lines += _table(
-        "Answer-token perplexity (prompt_retention)",
-        results["perplexity"]["prompt_retention"],
-        None,
-        d_cols,
-        "{:.3g}".format,
-    )
+    if d_cols:
+        lines += _table(
+            "Answer-token perplexity (prompt_retention)",
+            results["perplexity"]["prompt_retention"],
+            None,
+            d_cols,
+            "{:.3g}".format,
+        )
     if m_cols:
         lines += _table(
             "Answer-token perplexity (MQAR)",
@@ -492,11 +494,9 @@ def results_table(results: dict) -> str:
             "{:.3g}".format,
         )
     n = results["n_answers"]
-    lines.append(
-        "Answers scored per method: "
-        + ", ".join(f"D={k}: {v}" for k, v in n["prompt_retention"].items())
-        + "".join(f", {k}: {v}" for k, v in n["mqar"].items())
-    )
+    counts = [f"D={k}: {v}" for k, v in n["prompt_retention"].items()]
+    counts += [f"{k}: {v}" for k, v in n["mqar"].items()]
+    lines.append("Answers scored per method: " + ", ".join(counts))
     return "\n".join(lines) + "\n"
 
 

@@ -55,18 +55,24 @@ def test_eval_writes_table_json_and_plot(evaluated):
     assert (workdir / "recall_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_draws_an_mqar_distance_curve(tmp_path):
+def test_plot_and_table_of_an_mqar_distance_curve(tmp_path):
     mqar = ["l128_kv8_voc256_d0", "l128_kv8_voc256_d64", "l128_kv8_voc256_d1024"]
     assert eval_lib._mqar_distances(mqar) == dict(zip(mqar, [0, 64, 1024], strict=True))
     assert eval_lib._mqar_distances(["l128_kv8_voc256", "l64_kv4_voc256_d64"]) == {}
     assert eval_lib._mqar_distances(["l128_kv8_voc256"]) == {}
     row = {c: 0.5 for c in mqar}
     results = {
-        "config": {"distances": [], "num_facts": 4, "mqar": mqar},
+        "config": {"distances": [], "num_facts": 4, "mqar": mqar, "seeds": [0], "num_examples": 2},
         "prompt_retention": {},
         "mqar": {"none": row, "prosg": row},
         "mqar_std": {"none": row, "prosg": row},
+        "perplexity": {"prompt_retention": {}, "mqar": {"none": row, "prosg": row}},
+        "n_answers": {"prompt_retention": {}, "mqar": dict.fromkeys(mqar, 16)},
     }
+    results["config"]["seed_meaning"] = "-"
+    table = eval_lib.results_table(results)  # MQAR only: no empty prompt_retention tables
+    assert "prompt_retention" not in table and "| prosg | 50.0% ± 50.0% |" in table
+    assert table.rstrip().endswith("l128_kv8_voc256_d1024: 16")
     eval_lib.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results["config"]["mqar"] = mqar[:1]  # no curve and no prompt_retention: no plot
