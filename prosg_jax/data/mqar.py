@@ -18,7 +18,8 @@ queried (not one of the example's N keys) followed by a random value. They
 are what a long generation does to a recurrent state, writing new
 associations over the prompt's; plain value filler does not: a 2-layer
 RWKV-7 trained at distance 0 still recalls 91% of `l128_kv8_voc256` answers
-after 1,024 such tokens. The seed ignores the distance and the distractor is
+after 1,024 value-filler tokens, and 0.3% after 1,024 distractor-binding
+tokens. The seed ignores the distance and the distractor is
 drawn last, so example `i` has the same pairs, queries and query gaps at every
 distance, its distance-0 tokens are those of the plain config, and a shorter
 distractor is a prefix of a longer one.
