@@ -18,11 +18,11 @@ import ml_collections
 
 from prosg_jax.train.experiment import sibling_config
 
-_TASK = "mqar/l128_kv8_voc256"
+_TASK = "l128_kv8_voc256"  # MQAR: 128 inputs, 8 pairs, ids < 256 (fits the byte vocab)
 
 
 def _mixture(distances, n: int = 20000) -> str:
-    return ",".join(f"{_TASK}_d{d}_n{n}" for d in distances)
+    return ",".join(f"mqar/{_TASK}_d{d}_n{n}" for d in distances)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every = 50
     config.train.checkpoint_every = 200
     config.eval.distances = ""  # no prompt_retention: the model reads MQAR ids, not text
-    config.eval.mqar = ",".join(f"{_TASK[5:]}_d{d}" for d in (0, 64, 256, 1024, 4096))
+    config.eval.mqar = ",".join(f"{_TASK}_d{d}" for d in (0, 64, 256, 1024, 4096))
     config.eval.num_examples = 16
     config.eval.exact_match = "teacher_forced"  # single-token answers: the same as greedy
     return config

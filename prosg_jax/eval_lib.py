@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -467,14 +468,14 @@ def results_table(results: dict) -> str:
             d_cols,
             pct,
         )
-    if d_cols and results.get("prompt_retention_facts"):  # absent from older results
-        lines += _table(
-            f"prompt_retention (f{cfg['num_facts']}), facts only (closing word excluded)",
-            results["prompt_retention_facts"],
-            results["prompt_retention_facts_std"],
-            d_cols,
-            pct,
-        )
+        if results.get("prompt_retention_facts"):  # absent from older results
+            lines += _table(
+                f"prompt_retention (f{cfg['num_facts']}), facts only (closing word excluded)",
+                results["prompt_retention_facts"],
+                results["prompt_retention_facts_std"],
+                d_cols,
+                pct,
+            )
     if m_cols:
         lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
     if d_cols:
@@ -500,11 +501,18 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_NOT_SHAPE = ("name", "description", "distance")
+
+
 def _mqar_distances(configs) -> dict[str, int]:
     """MQAR config → distance, when the configs differ in distance alone (a curve)."""
     specs = {c: data_lib.parse_dataset(f"mqar/{c}").config for c in configs}
-    shapes = {(x.vocab_size, x.seq_len, x.num_kv_pairs, x.power_a, x.seed) for x in specs.values()}
-    if len(specs) < 2 or len(shapes) != 1:
+
+    def shape(x):  # every builder field but the name and the distance
+        return [getattr(x, f.name) for f in dataclasses.fields(x) if f.name not in _NOT_SHAPE]
+
+    shapes = [shape(x) for x in specs.values()]
+    if len(specs) < 2 or any(s != shapes[0] for s in shapes):
         return {}
     return {c: x.distance for c, x in specs.items()}
 
@@ -527,7 +535,8 @@ def plot(results: dict, path: str | os.PathLike) -> None:
         panels.append((title, "prompt_retention", {str(d): d for d in cfg["distances"]}))
     mqar_d = _mqar_distances(cfg["mqar"])
     if mqar_d:
-        panels.append((f"MQAR recall ({cfg['mqar'][0].split('_d')[0]})", "mqar", mqar_d))
+        task = re.sub(r"_d\d+", "", cfg["mqar"][0])
+        panels.append((f"MQAR recall ({task})", "mqar", mqar_d))
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)

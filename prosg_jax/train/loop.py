@@ -127,7 +127,8 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     write_json(ctx.workdir / RUN_FILE, info)
 
 
-_OPT_FIELDS = (
+# The config.train fields a stage's compiled step depends on: optimizer and forget share.
+_TRAIN_FIELDS = (
     "min_lr_ratio",
     "decay_frac",
     "weight_decay",
@@ -161,13 +162,13 @@ class _Compiled:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_stage(stage, model_cfg, prosg_cfg, opt_key, stage_key, mesh, trainable, frozen):
+def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, stage_key, mesh, trainable, frozen):
     """The optimizer, shardings and jitted functions of a stage, built once per process.
 
     Keyed on everything they depend on, so a second ``train`` call in the same
     process (a resumed run in a test or notebook) reuses the compiled steps.
     """
-    train_cfg = types.SimpleNamespace(**dict(zip(_OPT_FIELDS, opt_key, strict=True)))
+    train_cfg = types.SimpleNamespace(**dict(zip(_TRAIN_FIELDS, train_key, strict=True)))
     stage_cfg = types.SimpleNamespace(**dict(zip(_STAGE_FIELDS, stage_key, strict=True)))
     optimizer, lr_fn = optim.make_optimizer(train_cfg, stage_cfg)
 
@@ -261,7 +262,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         stage,
         model_cfg,
         prosg_cfg,
-        tuple(config.train[k] for k in _OPT_FIELDS),
+        tuple(config.train[k] for k in _TRAIN_FIELDS),
         tuple(st[k] for k in _STAGE_FIELDS),
         mesh,
         _signature(trainable),
