@@ -1,7 +1,9 @@
 """What ProSG costs a trained run: prompt processing and decoding, ProSG / plain.
 
 Loads a trained workdir (``pj.load_run``; e.g. the README's default run) and
-times, on ``--batch`` real ``prompt_retention`` test prompts (4 facts):
+times, on the prompts of ``--batch`` test examples of ``--dataset`` (default
+``prompt_retention/d64_f4``: facts and instructions; for ``mqar/...`` the
+key-value pairs):
 
 - prompt processing: ``pj.prefill`` with ``method="prosg"`` (prompt pass, SG
   module, compression, replay of the last token under the deltas) divided by
@@ -16,6 +18,7 @@ two cases alternate, so a noisy neighbour slows them alike).
 Usage::
 
     python benchmarks/cost_bench.py --workdir /tmp/prosg_demo   # ~1 min on 2 CPU cores
+    python benchmarks/cost_bench.py --workdir W --dataset mqar/l128_kv8_voc256  # an MQAR run
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ import numpy as np
 from generate_bench import _best_of  # benchmarks/: alternating cases, best of N
 
 import prosg_jax as pj
-from prosg_jax.data import prompt_retention
+from prosg_jax.data import build
+from prosg_jax.train import data as data_lib
 
 
-def sample_prompts(tokenizer, batch: int) -> list[list[int]]:
-    """The prompts (facts and instructions) of the first ``batch`` 4-fact test examples."""
-    config = prompt_retention.PromptRetentionConfig(name="d64_f4", distance=64, num_facts=4)
+def sample_prompts(dataset: str, tokenizer, batch: int) -> list[list[int]]:
+    """The prompts of the first ``batch`` test examples of ``dataset``, as the run reads them."""
+    spec = data_lib.parse_dataset(dataset)
+    make = build.BUILDERS[spec.dataset].make_example
     return [
-        tokenizer.encode(prompt_retention.make_example(config, "test", i)["prompt"])
+        data_lib.encode_record(
+            make(spec.config, "test", i), dataset=spec.dataset, tokenizer=tokenizer
+        )["prompt"].tolist()
         for i in range(batch)
     ]
 
@@ -42,6 +49,7 @@ def sample_prompts(tokenizer, batch: int) -> list[list[int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True, help="a trained run (train.py's workdir)")
+    ap.add_argument("--dataset", default="prompt_retention/d64_f4", help="whose test prompts")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128, help="greedy tokens decoded per row")
     ap.add_argument("--repeats", type=int, default=5)
@@ -50,7 +58,7 @@ def main() -> None:
     run = pj.load_run(args.workdir)
     if run.sg_params is None:
         raise SystemExit(f"{args.workdir} has no trained SG module (run the prosg stage)")
-    prompts = sample_prompts(run.tokenizer, args.batch)
+    prompts = sample_prompts(args.dataset, run.tokenizer, args.batch)
     common = dict(prosg_cfg=run.prosg_cfg, sg_params=run.sg_params)
     cfg, params = run.model_cfg, run.params
 
