@@ -16,8 +16,9 @@ recall appears at step ~500 and then plateaus: teacher-forced exact match on
 validation 0.66 (1 fact) and 0.27 (4 facts) at D = 64, flat to D = 1024, gone
 by D = 4096. The same data with the cosine decayed over 600 steps recalled
 nothing. Why it plateaus (``results/text_base_probe/``): it never recalls a
-4-digit code (it writes one constant number; the digits' embeddings have
-collapsed together), and with 4 facts it often retrieves another fact's word.
+4-digit code (it writes one constant number, even after its collapsed digit
+embeddings are re-drawn distinct and fine-tuned), and with 4 facts it often
+retrieves another fact's word.
 What would lift the plateau (digit-valued recall warm-up, width, more tokens)
 is open.
 """
