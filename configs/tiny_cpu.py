@@ -116,8 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.distances = "64,1024,4096"  # distractor lengths D (longer than training too)
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)
-    config.eval.num_examples = 8  # test examples per distance and seed
-    config.eval.seeds = "0,1,2"  # seed s scores test examples [s*n, (s+1)*n): mean and std
+    config.eval.split = "test"  # report on test; "validation" to tune (choose configs) on
+    config.eval.num_examples = 8  # examples per distance and seed
+    config.eval.seeds = "0,1,2"  # seed s scores examples [s*n, (s+1)*n) of the split
     config.eval.batch_size = 32  # rows per jitted generation batch
     config.eval.sg_checkpoint = ""  # with init_from: the SG params (a workdir or prosg file)
     return config

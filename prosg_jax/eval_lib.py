@@ -142,21 +142,29 @@ def _round_up(n: int, m: int = _WIDTH_MULTIPLE) -> int:
     return max(m, -(-n // m) * m)
 
 
-def _eval_name(base: str, total: int) -> str:
-    """A test-only copy of ``base``: the same first ``total`` test examples, no train split."""
-    return f"{base}_n0_val0_t{total}"
+EVAL_SPLITS = ("test", "validation")  # report on test; tune on validation
 
 
-def load_eval_set(name: str, kind: str, n: int, seeds, directory: str, tokenizer) -> EvalSet:
-    """Builds (once) and encodes the examples of every seed, one row per answer."""
+def _eval_name(base: str, total: int, split: str = "test") -> str:
+    """A copy of ``base`` with only ``split``: its same first ``total`` examples."""
+    sizes = {"test": f"_val0_t{total}", "validation": f"_val{total}_t0"}[split]
+    return f"{base}_n0{sizes}"
+
+
+def load_eval_set(
+    name: str, kind: str, n: int, seeds, directory: str, tokenizer, split: str = "test"
+) -> EvalSet:
+    """Builds (once) and encodes the ``split`` examples of every seed, one row per answer."""
     total = (max(seeds) + 1) * n
     spec = data_lib.parse_dataset(name)
-    source = data_lib.load_split(spec, directory, "test")
+    source = data_lib.load_split(spec, directory, split)
     examples, example_seed = [], []
     for k, s in enumerate(seeds):
         for i in range(s * n, (s + 1) * n):
             if i >= len(source):
-                raise UserError(f"{name} has {len(source)} test examples; seed {s} needs {total}")
+                raise UserError(
+                    f"{name} has {len(source)} {split} examples; seed {s} needs {total}"
+                )
             examples.append(data_lib.encode_record(source[i], dataset=kind, tokenizer=tokenizer))
             example_seed.append(k)
     rows = []
@@ -341,6 +349,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             "config.eval.exact_match must be 'generate' or 'teacher_forced', "
             f"got {ev.exact_match!r}"
         )
+    split = ev.get("split", "test")  # configs written before the field existed score test
+    if split not in EVAL_SPLITS:
+        raise UserError(f"config.eval.split must be one of {EVAL_SPLITS}, got {split!r}")
     if ev.num_examples < 1 or ev.batch_size < 1:
         raise UserError("config.eval.num_examples and batch_size must be >= 1")
     run = _load_for_eval(config, workdir)
@@ -357,13 +368,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             "prompt_retention",
             str(d),
             _eval_name(
-                f"prompt_retention/d{d}_f{ev.num_facts}", (max(seeds) + 1) * ev.num_examples
+                f"prompt_retention/d{d}_f{ev.num_facts}",
+                (max(seeds) + 1) * ev.num_examples,
+                split,
             ),
         )
         for d in distances
     ]
     sets += [
-        ("mqar", c, _eval_name(f"mqar/{c}", (max(seeds) + 1) * ev.num_examples))
+        ("mqar", c, _eval_name(f"mqar/{c}", (max(seeds) + 1) * ev.num_examples, split))
         for c in experiment.split_list(ev.mqar)
     ]
     for _, _, name in sets:
@@ -383,7 +396,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     results["perplexity"] = {"prompt_retention": {}, "mqar": {}}
     results["n_answers"] = {"prompt_retention": {}, "mqar": {}}
     for kind, label, name in sets:
-        es = load_eval_set(name, kind, ev.num_examples, seeds, directory, run.tokenizer)
+        es = load_eval_set(name, kind, ev.num_examples, seeds, directory, run.tokenizer, split)
         results["n_answers"][kind][label] = len(es.answers)
         for m in methods:
             t = time.time()
@@ -416,7 +429,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "num_examples": ev.num_examples,
         "seeds": list(seeds),
         "exact_match": ev.exact_match,
-        "seed_meaning": "seed s scores test examples [s*n, (s+1)*n); mean and std over seeds",
+        "split": split,
+        "seed_meaning": f"seed s scores {split} examples [s*n, (s+1)*n); mean and std over seeds",
         "model": dataclasses.asdict(run.model_cfg),
         "prosg": dataclasses.asdict(run.prosg_cfg),
         "tokenizer": config.tokenizer,
@@ -456,7 +470,8 @@ def results_table(results: dict) -> str:
         "# Recall vs distance",
         "",
         f"Exact match of each answer (greedy, after teacher-forced context), mean ± std over "
-        f"seeds {cfg['seeds']} ({cfg['num_examples']} test examples per seed; "
+        f"seeds {cfg['seeds']} ({cfg['num_examples']} {cfg.get('split', 'test')} examples "
+        "per seed; "
         f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
         "",
     ]

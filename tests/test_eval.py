@@ -10,7 +10,9 @@ from train_fixtures import tiny_config
 
 import prosg_jax as pj
 from prosg_jax import eval_lib
+from prosg_jax.data import mqar
 from prosg_jax.errors import UserError
+from prosg_jax.train import data as data_lib
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,23 @@ def test_eval_user_errors(trained_run, tmp_path):
     config.eval.methods = "none,beam"
     with pytest.raises(UserError, match="config.eval.methods"):
         eval_lib.evaluate(config, trained_run[0])
+    config = tiny_config()
+    config.eval.split = "train"  # never scored: it is what the model saw
+    with pytest.raises(UserError, match="config.eval.split"):
+        eval_lib.evaluate(config, trained_run[0])
+
+
+def test_eval_split_selects_the_examples(trained_run):
+    """Tuning on validation scores the validation records, not the test ones."""
+    run = pj.load_run(trained_run[0])
+    directory = str(trained_run[0] / "tfds")
+    base = "mqar/l32_kv4_voc64"
+    spec = data_lib.parse_dataset(base)
+    prompts = {}
+    for split in eval_lib.EVAL_SPLITS:
+        name = eval_lib._eval_name(base, 4, split)
+        es = eval_lib.load_eval_set(name, "mqar", 2, (0, 1), directory, run.tokenizer, split)
+        prompts[split] = [e["prompt"].tolist() for e in es.examples]
+        want = [mqar.make_example(spec.config, split, i)["tokens"][:8].tolist() for i in range(4)]
+        assert prompts[split] == want, split
+    assert prompts["validation"] != prompts["test"]
