@@ -9,8 +9,8 @@ The task (``mqar/l128_kv8_voc256_d<D>``): 8 key-value pairs (the prompt), then D
 tokens of distractor bindings (unqueried keys with random values, the kind of
 writing a long generation does to the state), then the 8 queries. The base
 (2 layers, C = 64) learns recall at D = 0 first and then at short distances;
-the SG module learns to put the pairs into rank-8 deltas that outlive the
-state, trained on D <= 256 with half of each batch continuing from an empty
+the SG module learns to put the pairs into rank-8 deltas on all six matrices
+of each block that outlive the state, trained on D <= 256 with half of each batch continuing from an empty
 state. Eval goes to D = 4096, 16x the longest trained distance.
 """
 
@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.d_model = 64
     config.model.n_layer = 2
     config.model.head_size = 32  # 2 heads of 32
+    # Deltas on all six matrices of each block: on the validation split this recalls
+    # 36% at D = 1024 against 12% with the default three (results/ablations/).
+    config.prosg.matrices = "att.key,att.value,att.receptance,att.output,ffn.key,ffn.value"
     config.data.loss_on = "answers"  # only the queried values are predictable
     config.data.seq_len = 192  # base-stage rows: one example each (packing costs more here)
     # Base: recall is learnt at D = 0 (with distractors from the start it is not learnt
