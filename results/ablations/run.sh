@@ -45,7 +45,9 @@ case $CONFIG in
     COLS+=";D=1024|mqar|${T}_d1024;D=4096|mqar|${T}_d4096"
     PPL="ppl D=1024|mqar|${T}_d1024"
     INTRO="Test split, MQAR (\`${T}_d<D>\`, 8 pairs, D tokens of distractor bindings): exact
-match of the 8 answers, and answer-token perplexity."
+match of the 8 answers, and answer-token perplexity. Row \`default\` is the reference:
+the config with tiny_cpu's three targets (\`${PIN[0]}\`); every
+other row changes one setting of it."
     # Its own base: version 4, trained from scratch like row 0's.
     EXTRA_ROWS=("RWKV-4 base (same L, C)|--config.model.version=4 --config.init_from= --config.train.stages=base,prosg|none,prosg")
     ;;
