@@ -1,8 +1,9 @@
 """ProSG on distance-controlled MQAR: a base and its SG module trained from scratch on a 2-core CPU.
 
 ``python train.py --config configs/mqar_distance_cpu.py --workdir W`` then
-``python eval.py --config configs/mqar_distance_cpu.py --workdir W``: about 16
-minutes on two CPU cores (base ~9, SG module ~4, eval ~3). The measured table
+``python eval.py --config configs/mqar_distance_cpu.py --workdir W``: 16 minutes
+on two idle CPU cores with three targets (base ~9, SG module ~4, eval ~3); the
+six targets make the SG stage and the true_grad eval slower. The measured table
 is in ``results/mqar_distance_cpu/``.
 
 The task (``mqar/l128_kv8_voc256_d<D>``): 8 key-value pairs (the prompt), then D
