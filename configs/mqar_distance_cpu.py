@@ -12,7 +12,8 @@ writing a long generation does to the state), then the 8 queries. The base
 (2 layers, C = 64) learns recall at D = 0 first and then at short distances;
 the SG module learns to put the pairs into rank-8 deltas on all six matrices
 of each block that outlive the state, trained on D <= 256 with half of each
-batch continuing from an empty state. Eval goes to D = 4096, 16x the longest trained distance.
+batch continuing from an empty state. Eval goes to D = 4096, 16x the longest
+trained distance.
 """
 
 import ml_collections

@@ -18,9 +18,8 @@ by D = 4096. The same data with the cosine decayed over 600 steps recalled
 nothing. Why it plateaus (``results/text_base_probe/``): it never recalls a
 4-digit code (it writes one constant number, even after its collapsed digit
 embeddings are re-drawn distinct and fine-tuned), and with 4 facts it often
-retrieves another fact's word.
-What would lift the plateau (digit-valued recall warm-up, width, more tokens)
-is open.
+retrieves another fact's word. What would lift the plateau (digit-valued
+recall warm-up, width, more tokens) is open.
 """
 
 import ml_collections

@@ -7,9 +7,10 @@
 #   module for STEPS steps (default 200, a quarter of the default run's) on the
 #   shipped text base and scores it on prompt_retention at D = 64 and 4096.
 # CONFIG=mqar_distance_cpu (~1.5 h): row 0 is the whole config with the three
-#   tiny_cpu targets (base, then 1,000 SG steps); every other row trains its SG module for STEPS (default 1,000) on
-#   row 0's base, except the RWKV-4 row, which trains an RWKV-4 base of the same
-#   width and depth first. Scored on MQAR at D = 0 ... 4096.
+#   tiny_cpu targets (base, then 1,000 SG steps); every other row trains its SG
+#   module for STEPS (default 1,000) on row 0's base, except the RWKV-4 row,
+#   which trains an RWKV-4 base of the same width and depth first. Scored on
+#   MQAR at D = 0 ... 4096.
 # Scoring is teacher-forced on the test split, 3 seeds x 16 examples. Rows
 # already evaluated are skipped on a rerun; the table is rebuilt from the rows'
 # results.json every time.
