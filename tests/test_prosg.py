@@ -219,6 +219,29 @@ def test_continuation_loss_scores_the_first_continuation_token(model):
     assert abs(float(base) - float(loss)) > 1e-3  # the deltas do reach that token
 
 
+def test_continuation_loss_counts_answer_hits_from_its_own_forward(model):
+    """answer_correct counts argmax hits on answer tokens only; half the targets are made hits."""
+    cfg, params = model
+    pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
+    sg = _sg(cfg, pc, scale=2.0)
+    prompts, lengths = _prompts()
+    batch = _batch(prompts, lengths, 6, seed=4)
+    targets = np.asarray(batch.targets).copy()
+    for t in range(3):  # greedy: targets[:, t] feeds only the logits after it
+        logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch)
+        targets[:, t] = np.asarray(jnp.argmax(logits[:, t], -1))
+        batch = batch._replace(targets=jnp.asarray(targets))
+    answers = np.zeros(targets.shape, np.float32)
+    answers[:, 1:5] = 1  # columns 1, 2 are hits; 3, 4 hits only by chance
+    _, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch, answer_mask=answers)
+    logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch)
+    want = ((np.asarray(jnp.argmax(logits, -1)) == targets) * answers).sum()
+    assert float(metrics["answer_count"]) == answers.sum() == 12
+    assert float(metrics["answer_correct"]) == want >= 6
+    _, plain = prosg.continuation_loss(cfg, params, sg, pc, batch)
+    assert "answer_correct" not in plain  # only with an answer mask
+
+
 def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
     cfg, params = model
     pc = ProSGConfig(rank=2, matrices=("att.output",), layers=(1,), sg_match_weight=0.5)

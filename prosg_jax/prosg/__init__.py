@@ -28,6 +28,7 @@ from prosg_jax.prosg.grads import (
 )
 from prosg_jax.prosg.losses import (
     Batch,
+    answer_counts,
     continuation_inputs,
     continuation_logits,
     continuation_loss,
@@ -49,6 +50,7 @@ __all__ = [
     "Factored",
     "PromptStates",
     "PromptTail",
+    "answer_counts",
     "check_sg_params",
     "compress",
     "continuation_inputs",

@@ -186,6 +186,7 @@ def continuation_loss(
     batch: Batch,
     *,
     forget: Bool[Array, " B"] | None = None,
+    answer_mask: Float[Array, "B K"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """LM loss on the continuation with the prompt's deltas applied from its first token.
 
@@ -195,7 +196,9 @@ def continuation_loss(
 
     Returns:
       ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token)
-      and ``sg_match``.
+      and ``sg_match``; with ``answer_mask`` (1 on the answer tokens of
+      ``batch.targets``) also ``answer_correct`` and ``answer_count``, the
+      argmax hits among those tokens and their number, from this same forward.
     """
     check_params(model_cfg, params)
     _check_batch(model_cfg, batch)
@@ -209,4 +212,15 @@ def continuation_loss(
     match = jnp.zeros(())
     if prosg_cfg.sg_match_weight > 0 and prosg_cfg.method == "prosg":
         match = sg_match_loss(model_cfg, params, prosg_cfg, deltas, tail, batch)
-    return ce + prosg_cfg.sg_match_weight * match, {"ce": ce, "sg_match": match}
+    metrics = {"ce": ce, "sg_match": match}
+    if answer_mask is not None:
+        metrics.update(answer_counts(logits, batch.targets, answer_mask))
+    return ce + prosg_cfg.sg_match_weight * match, metrics
+
+
+def answer_counts(
+    logits: Float[Array, "B K V"], targets: Int[Array, "B K"], answer_mask: Float[Array, "B K"]
+) -> dict[str, Array]:
+    """``answer_correct`` (argmax hits on answer tokens) and ``answer_count`` (answer tokens)."""
+    correct = (jnp.argmax(logits, -1) == targets) * answer_mask
+    return {"answer_correct": correct.sum(), "answer_count": answer_mask.sum()}

@@ -108,6 +108,18 @@ def stage_meta(ctx: Context, stage: str, prosg_cfg) -> dict:
     return json.loads(json.dumps(meta))  # as it reads back from the checkpoint (lists, not tuples)
 
 
+def _new_window() -> dict:
+    """Running sums between two metrics lines."""
+    return {
+        "tokens": 0,
+        "loss": 0.0,
+        "n": 0,
+        "correct": 0.0,
+        "answers": 0.0,
+        "t0": time.perf_counter(),
+    }
+
+
 def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     """Writes base.safetensors / prosg.safetensors / run.json (process 0)."""
     if jax.process_index() != 0:
@@ -293,7 +305,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         ctx.workdir, stage, start=start, total=steps, bar=config.train.progress_bar
     )
     last_saved = latest
-    window = {"tokens": 0, "loss": 0.0, "n": 0, "t0": time.perf_counter()}
+    window = _new_window()
     try:
         for step in range(start, steps):
             want = data_lib.phase_index(phases, step)
@@ -304,9 +316,6 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
             batch = mesh_lib.put_batch(mesh, {k: local[k] for k in keys})
             done = step + 1
             log = done % config.train.log_every == 0 or done == steps
-            counts = None
-            if log and fns.accuracy is not None:  # before the update, like the loss
-                counts = fns.accuracy(state, frozen, batch)
             state, metrics = fns.train_step(state, frozen, batch)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
@@ -317,6 +326,10 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                 )
             window["loss"] += loss
             window["n"] += 1
+            # Accuracy over the whole window: a single logged batch comes from one dataset
+            # of the mixture, and the mixture's fixed cycle can pick the same one every time.
+            window["correct"] += float(metrics["answer_correct"])
+            window["answers"] += float(metrics["answer_count"])
             window["tokens"] += int(
                 local["num_tokens"].sum()
                 if stage == "base"
@@ -324,12 +337,10 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
             )
             writer.advance()
             if log:
-                counts = metrics if counts is None else counts
                 elapsed = time.perf_counter() - window["t0"]
                 line = {
                     "loss": window["loss"] / window["n"],
-                    "answer_acc": float(counts["answer_correct"])
-                    / max(float(counts["answer_count"]), 1.0),
+                    "answer_acc": window["correct"] / max(window["answers"], 1.0),
                     "tokens_per_s": window["tokens"] * jax.process_count() / max(elapsed, 1e-9),
                     "lr": float(lr_fn((done - 1) // config.train.grad_accum)),
                     "grad_norm": float(metrics["grad_norm"]),
@@ -338,7 +349,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                     if k in metrics:
                         line[k] = float(metrics[k])
                 writer.write(done, line)
-                window = {"tokens": 0, "loss": 0.0, "n": 0, "t0": time.perf_counter()}
+                window = _new_window()
             stop = ctx.stop.requested
             if done % config.train.checkpoint_every == 0 or done == steps or stop:
                 if done < steps and data_lib.phase_index(phases, done) != phase_no:

@@ -46,8 +46,7 @@ def _weighted_ce(logits, targets, weights, answer_mask):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     loss = (nll * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
-    correct = (jnp.argmax(logits, -1) == targets) * answer_mask
-    return loss, {"answer_correct": correct.sum(), "answer_count": answer_mask.sum()}
+    return loss, prosg.answer_counts(logits, targets, answer_mask)
 
 
 def base_loss(model_cfg: RWKVConfig, params, batch: dict):
@@ -105,18 +104,9 @@ def loss_fn(
         prosg_cfg,
         to_batch(batch),
         forget=forget_rows(batch["targets"].shape[0], forget_frac),
+        answer_mask=batch["answer_mask"],
     )
-    return loss, {"ce": aux["ce"], "sg_match": aux["sg_match"]}
-
-
-def answer_accuracy(stage, model_cfg, prosg_cfg, trainable, frozen, batch) -> dict:
-    """Answer-token accuracy of a ProSG batch (an extra forward, run on logging steps)."""
-    base, sg = _split(stage, trainable, frozen)
-    logits, _, _ = prosg.continuation_logits(
-        model_cfg, compute_params(model_cfg, base), sg, prosg_cfg, to_batch(batch)
-    )
-    correct = (jnp.argmax(logits, -1) == batch["targets"]) * batch["answer_mask"]
-    return {"answer_correct": correct.sum(), "answer_count": batch["answer_mask"].sum()}
+    return loss, aux
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +114,6 @@ class StepFns:
     """The jitted functions of one stage."""
 
     train_step: callable
-    accuracy: callable | None  # ProSG stages: (state, frozen, batch) -> counts
 
 
 def make_step_fns(
@@ -160,13 +149,4 @@ def make_step_fns(
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
     )
-    accuracy = None
-    if stage != "base":
-        accuracy = jax.jit(
-            lambda state, frozen, batch: answer_accuracy(
-                stage, model_cfg, prosg_cfg, state.params, frozen, batch
-            ),
-            in_shardings=(state_shardings, frozen_shardings, batch_sh),
-            out_shardings=rep,
-        )
-    return StepFns(train_step=step, accuracy=accuracy)
+    return StepFns(train_step=step)
