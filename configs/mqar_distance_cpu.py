@@ -48,7 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.prosg.batch_size = 16
     config.train.prosg.lr = 3e-3
     config.train.prosg.mixture = _mixture([0, 64, 256])
-    # A joint stage (off; --config.train.joint.steps=N) continues on the SG stage's data.
+    config.train.stages = "base,prosg"  # no joint stage by default (tiny_cpu has one)
+    # The joint stage (--config.train.stages=...,joint --config.train.joint.steps=N)
+    # continues on the SG stage's data.
     config.train.joint = config.train.prosg.copy_and_resolve_references()
     config.train.joint.steps = 0
     config.train.decay_frac = 0.2  # lr held at its peak, then a cosine over the last 20%

@@ -1,9 +1,11 @@
-"""Pretrains the embedded default's base model (the `base` stage only) on one GPU.
+"""Pretrains an L4 C128 text base (the `base` stage only) on one GPU.
 
-Learning recall from scratch does not fit the default's 2-core CPU budget, so
-the tiny default starts from the base this config produces (shipped as
-``pretrained/tiny_rwkv7_base.safetensors``, with the command, the step count
-and its training curve in ``pretrained/tiny_rwkv7_base.json``).
+It produced ``pretrained/tiny_rwkv7_base.safetensors`` (the command, the step
+count and its training curve are in ``pretrained/tiny_rwkv7_base.json``), the
+default run's base until ``pretrained/tiny_rwkv7_mqar_base.sh`` replaced it: a
+smaller base trained on two CPU cores with an MQAR warm-up first, which copies
+4-digit codes where this one never does. That script reuses this config's text
+mixture.
 
 The recipe: short distractors only (D <= 64: a long distractor is compute that
 teaches nothing about recall), 1, 2 or 4 facts per prompt, every token scored
@@ -18,8 +20,8 @@ by D = 4096. The same data with the cosine decayed over 600 steps recalled
 nothing. Why it plateaus (``results/text_base_probe/``): it never recalls a
 4-digit code (it writes one constant number, even after its collapsed digit
 embeddings are re-drawn distinct and fine-tuned), and with 4 facts it often
-retrieves another fact's word. What would lift the plateau (digit-valued
-recall warm-up, width, more tokens) is open.
+retrieves another fact's word. An MQAR warm-up before the text fixes the codes
+(``pretrained/tiny_rwkv7_mqar_base.sh``).
 """
 
 import ml_collections
@@ -33,7 +35,9 @@ _MIXTURE = ("d0_f1", "d16_f2", "d32_f4", "d48_f1", "d64_f2", "d64_f4")
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "tiny_cpu")
     config.init_from = ""  # from scratch
-    config.model.head_size = 32  # 4 heads of 32: the shipped base's shape
+    config.model.d_model = 128  # L4 C128, 4 heads of 32: the GPU base's shape
+    config.model.n_layer = 4
+    config.model.head_size = 32
     config.train.stages = "base"  # the SG module is trained by the default run itself
     config.data.train_mixture = ",".join(
         f"prompt_retention/{name}_n6000:{2 if name == 'd64_f4' else 1}" for name in _MIXTURE

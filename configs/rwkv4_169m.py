@@ -22,6 +22,7 @@ def get_config():
         "prompt_retention/d64_f8:1,prompt_retention/d256_f8:1,prompt_retention/d1024_f8:1"
     )
     config.data.seq_len = 2048
+    config.train.stages = "base,prosg"  # no joint stage
     config.train.base.steps = 20_000
     config.train.base.lr = 6e-4
     config.train.base.warmup_steps = 1_000

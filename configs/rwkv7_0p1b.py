@@ -25,6 +25,7 @@ def get_config():
         "mqar/l256_kv16_voc256:1"
     )
     config.data.seq_len = 2048  # packed row length of the base stage
+    config.train.stages = "base,prosg"  # no joint stage
     config.train.base.steps = 20_000  # base LM
     config.train.base.lr = 6e-4
     config.train.base.warmup_steps = 1_000

@@ -23,7 +23,7 @@ ALL=att.key,att.value,att.receptance,att.output,ffn.key,ffn.value
 case $CONFIG in
   tiny_cpu)
     STEPS=${STEPS:-200}
-    PIN=()  # the config's own targets
+    PIN=(--config.train.stages=base,prosg)  # the config's own targets; no joint stage
     ON_BASE=()  # every row starts from the shipped base (the config's init_from)
     EVAL=(--config.eval.distances=64,4096 --config.eval.mqar=)
     # table columns: label|results.json key|column, then the perplexity column
