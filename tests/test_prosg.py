@@ -220,7 +220,7 @@ def test_continuation_loss_scores_the_first_continuation_token(model):
 
 
 def test_continuation_loss_counts_answer_hits_from_its_own_forward(model):
-    """answer_correct counts argmax hits on answer tokens only; half the targets are made hits."""
+    """answer_correct counts argmax hits on answer tokens only; two of the four are made hits."""
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
     sg = _sg(cfg, pc, scale=2.0)
