@@ -317,7 +317,11 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
             done = step + 1
             log = done % config.train.log_every == 0 or done == steps
             state, metrics = fns.train_step(state, frozen, batch)
-            loss = float(metrics["loss"])
+            # One transfer per step for the scalars every step needs (it waits for the step).
+            scalars = jax.device_get(
+                {k: metrics[k] for k in ("loss", "answer_correct", "answer_count")}
+            )
+            loss = float(scalars["loss"])
             if not math.isfinite(loss):
                 saved = "none" if last_saved is None else f"step {last_saved} in {ckpt.directory}"
                 raise UserError(
@@ -328,8 +332,8 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
             window["n"] += 1
             # Accuracy over the whole window: a single logged batch comes from one dataset
             # of the mixture, and the mixture's fixed cycle can pick the same one every time.
-            window["correct"] += float(metrics["answer_correct"])
-            window["answers"] += float(metrics["answer_count"])
+            window["correct"] += float(scalars["answer_correct"])
+            window["answers"] += float(scalars["answer_count"])
             window["tokens"] += int(
                 local["num_tokens"].sum()
                 if stage == "base"
