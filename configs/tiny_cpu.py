@@ -7,7 +7,7 @@ stage 0 steps here), trains the SG module on it (``prosg`` stage, 800 steps,
 half of each batch continuing from an empty state), then both together
 (``joint`` stage, 1,000 steps: the base learns to read the deltas);
 ``python eval.py --config configs/tiny_cpu.py --workdir W`` measures recall vs
-distance. Together they take about 16 minutes on two quiet CPU cores. Every
+distance. Together they take about 17 minutes on two quiet CPU cores. Every
 field can be overridden from the command line, e.g. ``--config.train.prosg.steps=50``.
 
 Dataset names (``data.train_mixture``, ``eval.*``) are TFDS names of the
@@ -117,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     # "generate": greedy generation per answer; "teacher_forced": the same score from
     # one teacher-forced pass per example (exact for greedy decoding, ~5x cheaper).
     config.eval.exact_match = "generate"
-    config.eval.distances = "64,1024,4096"  # distractor lengths D (longer than training too)
+    config.eval.distances = "64,256,1024,4096"  # distractor lengths D: every built one
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)
     config.eval.split = "test"  # report on test; "validation" to tune (choose configs) on
