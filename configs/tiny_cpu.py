@@ -4,7 +4,7 @@
 shipped base (``init_from``: pretrained on two CPU cores by
 ``pretrained/tiny_rwkv7_mqar_base.sh``, an MQAR warm-up and then text; ``base``
 stage 0 steps here), trains the SG module on it (``prosg`` stage, 800 steps,
-half of each batch continuing from an empty state), then both together
+90% of each batch continuing from an empty state), then both together
 (``joint`` stage, 1,000 steps: the base learns to read the deltas);
 ``python eval.py --config configs/tiny_cpu.py --workdir W`` measures recall vs
 distance. Together they take about 17 minutes on two quiet CPU cores. Every
@@ -97,8 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.min_lr_ratio = 0.1  # final learning rate of the cosine, relative to lr
     config.train.decay_frac = 1.0  # cosine over this last share of steps; lr at peak before
     # ProSG stages: this share of each batch continues from an empty recurrent state, so
-    # the deltas alone must carry the prompt (as after a long generation).
-    config.train.forget_frac = 0.5
+    # the deltas alone must carry the prompt (as after a long generation). 0.9, not 0.5,
+    # chosen on validation: facts at D=4096 48.4% vs 30.2%, at D=64 55.7% vs 64.1%.
+    config.train.forget_frac = 0.9
     config.train.weight_decay = 0.01  # AdamW decay on matrices (not norms/embeddings/scales)
     config.train.b1 = 0.9  # Adam beta1
     config.train.b2 = 0.99  # Adam beta2
