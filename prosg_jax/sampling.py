@@ -21,7 +21,9 @@ through their state, and each row equals running it alone.
 **Decode** (:func:`decode_chunk`) is a jitted ``lax.while_loop`` over a
 :class:`SamplingState` with donated buffers: greedy, temperature, top-k and
 top-p sampling; per-row stop tokens; the loop exits as soon as every row has
-stopped. Calling it again continues where it stopped (streaming).
+stopped. Calling it again continues where it stopped (streaming). It casts
+the weights and delta factors to the compute dtype once per call, not once
+per token, and can run several tokens per loop iteration (``unroll``).
 
 Prompt and context widths are padded to powers of two (at least 8), so new
 prompts of similar length reuse one compiled prefill; padding never changes
@@ -48,7 +50,7 @@ from jaxtyping import Array, Bool, Float, Int
 from prosg_jax.config import METHODS, ProSGConfig, RWKVConfig
 from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.models.layers import Deltas
-from prosg_jax.models.lm import State, check_params, forward_core, init_state
+from prosg_jax.models.lm import State, cast_for_compute, check_params, forward_core, init_state
 from prosg_jax.prosg.ablations import derive, repeat_prompts
 from prosg_jax.prosg.sg import check_sg_params
 from prosg_jax.prosg.states import is_ragged, join_rows, left_align, right_padded
@@ -293,22 +295,37 @@ def _prefill(
     return sampling, deltas
 
 
+def _cast_deltas(model_cfg: RWKVConfig, deltas: Deltas | None) -> Deltas | None:
+    """The deltas' factors in the compute dtype (``apply_delta`` casts them anyway)."""
+    if deltas is None:
+        return None
+    dt = model_cfg.compute_dtype
+    return {name: d._replace(u=d.u.astype(dt), v=d.v.astype(dt)) for name, d in deltas.items()}
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("model_cfg", "n", "greedy", "top_k", "nucleus"),
+    static_argnames=("model_cfg", "n", "greedy", "top_k", "nucleus", "unroll"),
     donate_argnames=("sampling",),
 )
-def _decode(model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus):
-    """Up to ``n`` tokens per row; stops early once every row is done."""
+def _decode(
+    model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus, unroll
+):
+    """Up to ``n`` tokens per row, ``unroll`` tokens per loop iteration; stops early
+    once every row is done.
 
-    def cond(carry):
-        i, s, _ = carry
-        return (i < n) & ~jnp.all(s.done)
+    Each token of an iteration is guarded (``live``): past ``n`` or after every
+    row has stopped it changes nothing, not even the PRNG key, so every
+    ``unroll`` gives the same tokens and the same final state.
+    """
+    # Once per call, not per token: the weights and factors each step reads.
+    params = cast_for_compute(model_cfg, params)
+    deltas = _cast_deltas(model_cfg, deltas)
 
-    def body(carry):
-        i, s, out = carry
+    def token(i, s, out):
+        live = (i < n) & ~jnp.all(s.done)
         key, key_t = jax.random.split(s.key)
-        active = ~s.done
+        active = ~s.done & live
         tok = _pick(
             s.last_logits, key_t, temperature, top_p, greedy=greedy, top_k=top_k, nucleus=nucleus
         )
@@ -319,19 +336,30 @@ def _decode(model_cfg, params, sampling, deltas, temperature, top_p, *, n, greed
         def keep(new, old):  # a stopped row keeps its state as of its stop token
             return jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
-        s = SamplingState(
+        return SamplingState(
             last_logits=keep(logits[:, 0], s.last_logits),
             state=jax.tree.map(keep, state, s.state),
             done=s.done | (active & jnp.any(tok[:, None] == s.stop_ids, axis=1)),
             lengths=s.lengths + active.astype(jnp.int32),
             stop_ids=s.stop_ids,
-            key=key,
-        )
-        return i + 1, s, out
+            key=jnp.where(live, key, s.key),
+        ), out
 
-    out = jnp.zeros((sampling.done.shape[0], n), jnp.int32)
+    def cond(carry):
+        i, s, _ = carry
+        return (i < n) & ~jnp.all(s.done)
+
+    def body(carry):
+        i, s, out = carry
+        for j in range(unroll):
+            s, out = token(i + j, s, out)
+        return i + unroll, s, out
+
+    # Columns past n take the writes of an unrolled iteration's guarded tail.
+    width = -(-n // unroll) * unroll
+    out = jnp.zeros((sampling.done.shape[0], width), jnp.int32)
     _, sampling, out = jax.lax.while_loop(cond, body, (jnp.int32(0), sampling, out))
-    return out, sampling
+    return out[:, :n], sampling
 
 
 # --------------------------------------------------------------------------- public API
@@ -416,7 +444,8 @@ def prefill(
     )
 
 
-def _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p):
+def _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p, unroll):
+    _check_count("unroll", unroll)
     return _decode(
         model_cfg,
         params,
@@ -428,6 +457,7 @@ def _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_
         greedy=temperature == 0,
         top_k=int(top_k),
         nucleus=top_p < 1,
+        unroll=min(int(unroll), int(n)),
     )
 
 
@@ -441,13 +471,17 @@ def decode_chunk(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    unroll: int = 1,
 ) -> tuple[Int[Array, "B n"], SamplingState]:
     """Generates up to ``n`` more tokens per row and returns the advanced state.
 
     ``sampling`` is donated (do not reuse it); pass the returned state to the
     next call to continue. Rows that have stopped emit 0; the loop exits once
     every row has stopped. Temperature and ``top_p`` are traced, so changing
-    them does not recompile.
+    them does not recompile. ``unroll`` tokens share one loop iteration: it
+    changes speed and compile time, never the result (on an accelerator each
+    iteration's exit test is a host round trip; time the choice with
+    ``benchmarks/decode_bench.py --unroll 1,4``).
 
     Returns:
       ``(int32[B, n] tokens, SamplingState)``; ``state.lengths`` counts each
@@ -455,7 +489,7 @@ def decode_chunk(
     """
     _check_count("n", n)
     _check_sampling(model_cfg, temperature, top_k, top_p)
-    return _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p)
+    return _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p, unroll)
 
 
 def generate(
@@ -475,6 +509,7 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     stop_tokens=None,
+    unroll: int = 1,
 ) -> Generation:
     """Batch generation after each prompt, under any ProSG method.
 
@@ -487,6 +522,7 @@ def generate(
       top_k: sample only among the ``top_k`` most likely tokens (0: all).
       top_p: sample only within the smallest set of tokens whose probability
         mass reaches ``top_p`` (1: all).
+      unroll: tokens per decode-loop iteration (see :func:`decode_chunk`).
 
     Returns:
       A :class:`Generation`: tokens ``[B, G]`` (0 after a row stops), per-row
@@ -510,7 +546,7 @@ def generate(
         key=key,
     )
     tokens, sampling = _run_decode(
-        model_cfg, params, sampling, deltas, max_new_tokens, temperature, top_k, top_p
+        model_cfg, params, sampling, deltas, max_new_tokens, temperature, top_k, top_p, unroll
     )
     return Generation(tokens=tokens, lengths=sampling.lengths, stopped=sampling.done)
 

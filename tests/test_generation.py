@@ -107,11 +107,11 @@ def test_decode_loop_exits_once_every_row_has_stopped(model):
     first = np.asarray(pj.generate(cfg, params, ROWS, max_new_tokens=1).tokens[:, 0])
     key = jax.random.key(7)
     state, deltas = pj.prefill(cfg, params, ROWS, stop_tokens=[[int(t)] for t in first], key=key)
-    tokens, state = pj.decode_chunk(cfg, params, state, deltas, 50)
+    tokens, state = pj.decode_chunk(cfg, params, state, deltas, 50, unroll=4)
     np.testing.assert_array_equal(np.asarray(tokens[:, 0]), first)
     assert (np.asarray(tokens[:, 1:]) == 0).all()
     np.testing.assert_array_equal(np.asarray(state.lengths), [1, 1, 1])
-    # The loop splits the key once per iteration: one split means it ran once.
+    # The loop splits the key once per live token: one split means one token ran.
     np.testing.assert_array_equal(
         jax.random.key_data(state.key), jax.random.key_data(jax.random.split(key)[0])
     )
@@ -129,6 +129,101 @@ def test_decoding_in_chunks_equals_one_call(model, temperature):
     b, state = pj.decode_chunk(cfg, params, state, deltas, 4, temperature=temperature)
     np.testing.assert_array_equal(np.concatenate([a, b], 1), np.asarray(whole.tokens))
     np.testing.assert_array_equal(np.asarray(state.lengths), [7, 7, 7])
+
+
+def test_unrolled_decode_equals_one_token_per_iteration(model):
+    """Tokens, stops, lengths, key and state match for any unroll, also when n is
+    not a multiple of it and rows stop inside an unrolled iteration."""
+    cfg, params = model
+    pc, sg = _setup(cfg, "prosg")
+    temperature = 0.8
+    free = np.asarray(
+        pj.generate(
+            cfg,
+            params,
+            ROWS,
+            max_new_tokens=7,
+            temperature=temperature,
+            key=jax.random.key(3),
+            prosg_cfg=pc,
+            sg_params=sg,
+        ).tokens
+    )
+    args = dict(
+        prosg_cfg=pc,
+        sg_params=sg,
+        key=jax.random.key(3),
+        stop_tokens=[[int(free[0, 2])], [], [int(free[2, 4])]],
+    )
+
+    def run(unroll):
+        state, deltas = pj.prefill(cfg, params, ROWS, **args)
+        a, state = pj.decode_chunk(
+            cfg, params, state, deltas, 7, temperature=temperature, unroll=unroll
+        )
+        b, state = pj.decode_chunk(
+            cfg, params, state, deltas, 2, temperature=temperature, unroll=unroll
+        )
+        return np.concatenate([a, b], 1), state
+
+    want, want_state = run(1)
+    assert want.shape == (3, 9)
+    for unroll in (3,):  # n = 7 is not a multiple: a guarded tail; n = 2 < 3: clamped
+        got, state = run(unroll)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.asarray(state.lengths), np.asarray(want_state.lengths))
+        np.testing.assert_array_equal(np.asarray(state.done), np.asarray(want_state.done))
+        np.testing.assert_array_equal(
+            jax.random.key_data(state.key), jax.random.key_data(want_state.key)
+        )
+        # Same arithmetic, but another XLA program: fusion may round differently.
+        for x, y in zip(
+            jax.tree.leaves(state.state), jax.tree.leaves(want_state.state), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="unroll"):
+        pj.decode_chunk(cfg, params, run(1)[1], None, 2, unroll=0)
+
+
+def test_decode_from_a_sampling_state_built_from_init_state(model):
+    """A hand-made state decodes (init_state's fields are separate buffers, so the
+    donating loop accepts them) and matches the step-by-step loop."""
+    cfg, params = model
+    logits = jnp.zeros((2, cfg.vocab_size), jnp.float32).at[:, 7].set(1.0)
+    state = pj.SamplingState(
+        last_logits=jnp.copy(logits),  # donated
+        state=pj.init_state(cfg, 2),
+        done=jnp.zeros((2,), bool),
+        lengths=jnp.zeros((2,), jnp.int32),
+        stop_ids=jnp.full((2, 4), -1, jnp.int32),
+        key=jax.random.key(0),
+    )
+    tokens, _ = pj.decode_chunk(cfg, params, state, None, 3)
+    want = _greedy(cfg, params, None, logits, pj.init_state(cfg, 2), 3)
+    np.testing.assert_array_equal(np.asarray(tokens), want)
+
+
+@pytest.mark.parametrize("version", [4, 7])
+def test_weights_cast_once_for_compute_give_the_same_logits(version):
+    """The decode loop's one-off cast of the matrices is exact in bfloat16: the
+    forward casts exactly those leaves itself."""
+    cfg, params = tiny_model(version)
+    cfg = cfg.replace(dtype="bfloat16")
+    cast = pj.models.lm.cast_for_compute(cfg, params)
+    narrowed = [
+        path
+        for path, leaf in jax.tree_util.tree_leaves_with_path(cast)
+        if leaf.dtype == jnp.bfloat16
+    ]
+    assert len(narrowed) == 1 + cfg.n_layer * len(pj.models.lm.model_module(cfg).MATMUL_WEIGHTS) - (
+        2 if version == 7 else 0  # block 0 has no value-residual LoRA
+    )
+    tokens = jnp.asarray([ROWS[1]], jnp.int32)
+    want, want_state = pj.forward(cfg, params, tokens)
+    got, got_state = pj.forward(cfg, cast, tokens)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for x, y in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_prompt_widths_within_a_bucket_share_one_compiled_prefill(model):

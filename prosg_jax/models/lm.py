@@ -43,6 +43,31 @@ def init_state(cfg: RWKVConfig, batch_size: int) -> State:
     return model_module(cfg).init_state(cfg, batch_size)
 
 
+def cast_for_compute(cfg: RWKVConfig, params: dict) -> dict:
+    """``params`` with every matrix the model only multiplies in ``cfg.compute_dtype``
+    (block projections, LoRAs, the head) cast to it; every other leaf as given.
+
+    The forward casts these matrices anyway, so the result computes exactly the
+    same logits. Doing it once, outside a decode loop, means each step reads
+    bfloat16 weights instead of reading float32 masters and converting them.
+    """
+    dtype = cfg.compute_dtype
+
+    def cast_in(tree: dict, path: tuple) -> dict:
+        head, *rest = path
+        if head not in tree:  # e.g. RWKV-7's block 0 has no value-residual LoRA
+            return tree
+        leaf = tree[head].astype(dtype) if not rest else cast_in(tree[head], tuple(rest))
+        return {**tree, head: leaf}
+
+    blocks = []
+    for block in params["blocks"]:
+        for path in model_module(cfg).MATMUL_WEIGHTS:
+            block = cast_in(block, path)
+        blocks.append(block)
+    return cast_in({**params, "blocks": blocks}, ("head", "weight"))
+
+
 def target_names(cfg: RWKVConfig) -> tuple[str, ...]:
     """Every linear map that accepts a low-rank delta, e.g. ``"blocks.0.att.key"``."""
     return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in TARGETS[cfg.version])

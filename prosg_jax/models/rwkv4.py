@@ -62,9 +62,21 @@ class LayerState(NamedTuple):
     ffn_x: Float[Array, "B C"]
 
 
+# Block matrices that are only ever multiplied in the compute dtype
+# (``lm.cast_for_compute`` casts them once per decode call).
+MATMUL_WEIGHTS = tuple(
+    ("att", m, "weight") for m in ("key", "value", "receptance", "output")
+) + tuple(("ffn", m, "weight") for m in ("key", "value", "receptance"))
+
+
 def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
-    zeros = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
-    return LayerState(zeros, zeros, zeros, jnp.full_like(zeros, P_EMPTY), zeros)
+    # A buffer per field: a donating caller (the decode loop) may not alias them.
+    shape = (batch_size, cfg.d_model)
+    return LayerState(
+        *(jnp.zeros(shape, jnp.float32) for _ in range(3)),
+        jnp.full(shape, P_EMPTY, jnp.float32),
+        jnp.zeros(shape, jnp.float32),
+    )
 
 
 def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:

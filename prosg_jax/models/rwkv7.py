@@ -56,6 +56,16 @@ _LN_X_EPS = 64e-5  # the reference GroupNorm eps (not torch's default)
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
 _DECAY_SCALE = math.exp(-0.5)  # w = exp(-e^{-1/2} σ(·)) keeps every decay in (e^{-0.61}, 1)
 _MIX = ("r", "w", "k", "v", "a", "g")
+# Block matrices that are only ever multiplied in the compute dtype
+# (``lm.cast_for_compute`` casts them once per decode call).
+MATMUL_WEIGHTS = (
+    tuple(("att", m, "weight") for m in ("receptance", "key", "value", "output"))
+    + tuple(("att", f"{m}{j}") for m in "wagv" for j in (1, 2))
+    + (
+        ("ffn", "key", "weight"),
+        ("ffn", "value", "weight"),
+    )
+)
 
 
 class LayerState(NamedTuple):
@@ -73,9 +83,13 @@ class LayerState(NamedTuple):
 
 
 def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
-    zeros = jnp.zeros((batch_size, cfg.d_model), jnp.float32)
-    wkv = jnp.zeros((batch_size, cfg.n_head, cfg.head_size, cfg.head_size), jnp.float32)
-    return LayerState(zeros, wkv, zeros)
+    # A buffer per field: a donating caller (the decode loop) may not alias them.
+    c, h, n = cfg.d_model, cfg.n_head, cfg.head_size
+    return LayerState(
+        jnp.zeros((batch_size, c), jnp.float32),
+        jnp.zeros((batch_size, h, n, n), jnp.float32),
+        jnp.zeros((batch_size, c), jnp.float32),
+    )
 
 
 def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
