@@ -23,7 +23,7 @@ def get_config():
     config.model.head_size = 64
     config.model.dtype = "bfloat16"
     config.train.stages = "prosg"  # the SG module only, on the frozen base
-    config.train.forget_frac = 0.5  # half of each batch from an empty state (tiny_cpu: 0.9)
+    config.train.forget_frac = 0.5  # half of each batch from an empty state (tiny_cpu: 0.7)
     config.prosg.rank = 16
     config.prosg.sg_hidden = 256
     config.prosg.key_dim = 64

@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.prosg.lr = 3e-3
     config.train.prosg.mixture = _mixture([0, 64, 256])
     config.train.stages = "base,prosg"  # no joint stage by default (tiny_cpu has one)
-    config.train.forget_frac = 0.5  # half of each batch from an empty state (tiny_cpu: 0.9)
+    config.train.forget_frac = 0.5  # half of each batch from an empty state (tiny_cpu: 0.7)
     # The joint stage (--config.train.stages=...,joint --config.train.joint.steps=N)
     # continues on the SG stage's data.
     config.train.joint = config.train.prosg.copy_and_resolve_references()
