@@ -316,7 +316,7 @@ def _decode(
 
     Each token of an iteration is guarded (``live``): past ``n`` or after every
     row has stopped it changes nothing, not even the PRNG key, so every
-    ``unroll`` gives the same tokens and the same final state.
+    ``unroll`` runs the same token steps as ``unroll=1``.
     """
     # Once per call, not per token: the weights and factors each step reads.
     params = cast_for_compute(model_cfg, params)
@@ -479,8 +479,9 @@ def decode_chunk(
     next call to continue. Rows that have stopped emit 0; the loop exits once
     every row has stopped. Temperature and ``top_p`` are traced, so changing
     them does not recompile. ``unroll`` tokens share one loop iteration: it
-    changes speed and compile time, never the result (on an accelerator each
-    iteration's exit test is a host round trip; time the choice with
+    changes speed and compile time, not the arithmetic (another compiled
+    program may round floats differently; on an accelerator each iteration's
+    exit test is a host round trip; time the choice with
     ``benchmarks/decode_bench.py --unroll 1,4``).
 
     Returns:
