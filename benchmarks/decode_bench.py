@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import inspect
+import itertools
 import json
 import math
 import sys
@@ -51,6 +53,7 @@ import jax.numpy as jnp
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import prosg_jax as pj  # noqa: E402
+from prosg_jax.lowrank import weight  # noqa: E402
 
 # Measured device-to-device copy rates, bytes read + written per second
 # (/work/.library/device/KINDS.md); the floor is only as good as this figure.
@@ -73,11 +76,7 @@ def random_deltas(cfg, params, batch: int, rank: int) -> dict:
     """Rank-``rank`` factors on every target, fp32 as the SG module emits them."""
     out = {}
     for i, name in enumerate(pj.target_names(cfg)):
-        _, idx, *path = name.split(".")
-        w = params["blocks"][int(idx)]
-        for p in path:
-            w = w[p]
-        d_out, d_in = w["weight"].shape
+        d_out, d_in = weight(params, name).shape
         ku, kv = jax.random.split(jax.random.key(i))
         out[name] = pj.LowRankDelta(
             u=0.01 * jax.random.normal(ku, (batch, d_out, rank)),
@@ -113,6 +112,35 @@ def step_bytes(cfg, params, batch: int, deltas: dict | None) -> int:
     if deltas:
         per_row += sum((d.u[0].size + d.v[0].size) * itemsize for d in deltas.values())
     return weights + batch * per_row
+
+
+def decode(cfg, params, batch: int, deltas, tokens: int, kw: dict):
+    """One decode call of ``tokens`` per row from a fresh state; returns the tokens."""
+    out, _ = pj.decode_chunk(cfg, params, fresh_state(cfg, batch), deltas, tokens, **kw)
+    return jax.block_until_ready(out)
+
+
+def time_best(run, repeats: int) -> tuple[float, float]:
+    """``(fastest of repeats, seconds of the first call: compile included)``."""
+    t0 = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - t0
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best, compile_s
+
+
+def profile(run, trace_dir: str, tokens: int) -> str:
+    """Traces one ``run()`` with jax.profiler and summarises its device kernels."""
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        run()
+    try:
+        return kernel_profile(trace_dir, tokens)
+    except (OSError, ValueError, KeyError) as e:  # a trace format we misread
+        return f"unreadable trace ({e!r})"
 
 
 def kernel_profile(trace_dir: str, tokens: int) -> str:
@@ -174,9 +202,8 @@ def main() -> None:
     if args.compare:
         for line in Path(args.compare).read_text().splitlines():
             r = json.loads(line)
-            before[(r["version"], r["batch"], r["method"])] = max(
-                r["tok_s"], before.get((r["version"], r["batch"], r["method"]), 0)
-            )
+            case = (r["version"], r["batch"], r["method"])
+            before[case] = max(r["tok_s"], before.get(case, 0))
     floor_note = f", floor at {bandwidth / 1e9:,.0f} GB/s" if bandwidth else ""
     print(f"# prosg_jax from {Path(pj.__file__).parent}", flush=True)
     print(
@@ -195,76 +222,63 @@ def main() -> None:
         label = f"RWKV-{version} L{cfg.n_layer} C{cfg.d_model} V{cfg.vocab_size}"
         for batch in [int(b) for b in args.batch.split(",")]:
             plain_s = {}
-            for method in args.methods.split(","):
-                deltas = random_deltas(cfg, params, batch, args.rank) if method == "prosg" else None
-                for unroll in unrolls:
-                    if time.perf_counter() - start > args.budget:
-                        print(f"# budget of {args.budget:.0f}s spent; stopping", flush=True)
-                        return
-                    kw = {} if unroll is None else {"unroll": unroll}
-
-                    def run(cfg=cfg, params=params, kw=kw, deltas=deltas, batch=batch):
-                        state = fresh_state(cfg, batch)
-                        out, _ = pj.decode_chunk(cfg, params, state, deltas, args.tokens, **kw)
-                        return jax.block_until_ready(out)
-
-                    t0 = time.perf_counter()
-                    run()
-                    compile_s = time.perf_counter() - t0
-                    best = math.inf
-                    for _ in range(args.repeats):
-                        t0 = time.perf_counter()
-                        run()
-                        best = min(best, time.perf_counter() - t0)
-                    tok_s = batch * args.tokens / best
-                    if method == "plain":
-                        plain_s[unroll] = best
-                    floor = (
-                        batch * bandwidth / step_bytes(cfg, params, batch, deltas)
-                        if bandwidth
-                        else None
-                    )
-                    ratio = (
-                        best / plain_s[unroll] if method != "plain" and unroll in plain_s else None
-                    )
-                    u = unroll if unroll is not None else "default"
-                    cells = [
-                        label,
-                        batch,
-                        method,
-                        u,
-                        f"{tok_s:,.0f}",
-                        f"{floor:,.0f}" if floor else "–",
-                        f"{100 * tok_s / floor:.0f}%" if floor else "–",
-                        f"{ratio:.2f}x" if ratio else "",
-                    ]
+            methods = args.methods.split(",")
+            deltas_of = {
+                m: random_deltas(cfg, params, batch, args.rank) if m == "prosg" else None
+                for m in methods
+            }
+            for method, unroll in itertools.product(methods, unrolls):
+                if time.perf_counter() - start > args.budget:
+                    print(f"# budget of {args.budget:.0f}s spent; stopping", flush=True)
+                    return
+                deltas = deltas_of[method]
+                run = functools.partial(
+                    decode,
+                    cfg,
+                    params,
+                    batch,
+                    deltas,
+                    args.tokens,
+                    {} if unroll is None else {"unroll": unroll},
+                )
+                best, compile_s = time_best(run, args.repeats)
+                if method == "plain":
+                    plain_s[unroll] = best
+                tok_s = batch * args.tokens / best
+                floor = bandwidth and batch * bandwidth / step_bytes(cfg, params, batch, deltas)
+                ratio = method != "plain" and unroll in plain_s and best / plain_s[unroll]
+                u = unroll if unroll is not None else "default"
+                cells = [
+                    label,
+                    batch,
+                    method,
+                    u,
+                    f"{tok_s:,.0f}",
+                    f"{floor:,.0f}" if floor else "–",
+                    f"{100 * tok_s / floor:.0f}%" if floor else "–",
+                    f"{ratio:.2f}x" if ratio else "",
+                ]
+                if before:
                     old = before.get((version, batch, method))
-                    if before:
-                        cells.append(f"{tok_s / old:.2f}x" if old else "–")
-                    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-                    print(f"#   compile+first call {compile_s:.1f}s", flush=True)
-                    if args.json:
-                        with open(args.json, "a") as f:
-                            row = dict(
-                                version=version,
-                                batch=batch,
-                                method=method,
-                                unroll=u,
-                                tok_s=tok_s,
-                                floor=floor,
-                                label=args.label,
-                                device=kind,
-                            )
-                            f.write(json.dumps(row) + "\n")
-                    if args.profile and backend != "cpu":
-                        trace = f"{args.profile}/v{version}_b{batch}_{method}_u{u}"
-                        with jax.profiler.trace(trace, create_perfetto_trace=True):
-                            run()
-                        try:
-                            summary = kernel_profile(trace, args.tokens)
-                        except (OSError, ValueError, KeyError) as e:  # a trace format we misread
-                            summary = f"unreadable trace ({e!r})"
-                        print(f"#   profile: {summary}", flush=True)
+                    cells.append(f"{tok_s / old:.2f}x" if old else "–")
+                print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+                print(f"#   compile+first call {compile_s:.1f}s", flush=True)
+                if args.json:
+                    row = dict(
+                        version=version,
+                        batch=batch,
+                        method=method,
+                        unroll=u,
+                        tok_s=tok_s,
+                        floor=floor,
+                        label=args.label,
+                        device=kind,
+                    )
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if args.profile and backend != "cpu":
+                    trace = f"{args.profile}/v{version}_b{batch}_{method}_u{u}"
+                    print(f"#   profile: {profile(run, trace, args.tokens)}", flush=True)
 
 
 if __name__ == "__main__":

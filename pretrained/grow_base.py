@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +35,7 @@ def main() -> None:
     src, dst, n_layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg, params = pj.load_rwkv(src)
     deeper, grown = grow(cfg, params, n_layer, int(sys.argv[4]) if len(sys.argv) > 4 else 0)
-    tokens = jax.numpy.arange(1, 33, dtype=jax.numpy.int32)[None] % cfg.vocab_size
+    tokens = jnp.arange(1, 33, dtype=jnp.int32)[None] % cfg.vocab_size
     before, _ = pj.forward(cfg, params, tokens)
     after, _ = pj.forward(deeper, grown, tokens)
     err = float(abs(after - before).max())

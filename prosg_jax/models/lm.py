@@ -52,20 +52,15 @@ def cast_for_compute(cfg: RWKVConfig, params: dict) -> dict:
     bfloat16 weights instead of reading float32 masters and converting them.
     """
     dtype = cfg.compute_dtype
+    block_matmuls = set(model_module(cfg).MATMUL_WEIGHTS)
 
-    def cast_in(tree: dict, path: tuple) -> dict:
-        head, *rest = path
-        if head not in tree:  # e.g. RWKV-7's block 0 has no value-residual LoRA
-            return tree
-        leaf = tree[head].astype(dtype) if not rest else cast_in(tree[head], tuple(rest))
-        return {**tree, head: leaf}
+    def cast(path, leaf):
+        keys = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
+        if keys == ("head", "weight") or (keys[0] == "blocks" and keys[2:] in block_matmuls):
+            return leaf.astype(dtype)
+        return leaf
 
-    blocks = []
-    for block in params["blocks"]:
-        for path in model_module(cfg).MATMUL_WEIGHTS:
-            block = cast_in(block, path)
-        blocks.append(block)
-    return cast_in({**params, "blocks": blocks}, ("head", "weight"))
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def target_names(cfg: RWKVConfig) -> tuple[str, ...]:
