@@ -121,6 +121,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.exact_match = "generate"
     config.eval.distances = "64,256,1024,4096"  # distractor lengths D: every built one
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
+    # Share (%) of distractor sentences that are facts about other names (0 = filler only).
+    config.eval.distractor_facts = "0,50"
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)
     config.eval.split = "test"  # report on test; "validation" to tune (choose configs) on
     config.eval.num_examples = 8  # examples per distance and seed

@@ -339,6 +339,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if bad or not methods:
         raise UserError(f"config.eval.methods: {bad or methods} — choose from {METHODS}")
     distances = experiment.int_list(ev.distances, "eval.distances")
+    # Configs written before the field existed: filler distractors only.
+    shares = experiment.int_list(str(ev.get("distractor_facts", "0")), "eval.distractor_facts")
+    if not shares or len(set(shares)) != len(shares) or not all(0 <= p <= 100 for p in shares):
+        raise UserError(
+            "config.eval.distractor_facts must be distinct percentages in [0, 100], "
+            f"got {ev.distractor_facts!r}"
+        )
     seeds = experiment.int_list(ev.seeds, "eval.seeds")
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UserError(
@@ -365,14 +372,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     directory = data_lib.data_dir(config, workdir)
     sets = [
         (
-            "prompt_retention",
+            retention_kind(share),
             str(d),
             _eval_name(
-                f"prompt_retention/d{d}_f{ev.num_facts}",
+                f"prompt_retention/d{d}_f{ev.num_facts}" + (f"_b{share}" if share else ""),
                 (max(seeds) + 1) * ev.num_examples,
                 split,
             ),
         )
+        for share in (shares if distances else ())
         for d in distances
     ]
     sets += [
@@ -382,21 +390,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     for _, _, name in sets:
         data_lib.check_vocab(data_lib.parse_dataset(name), run.model_cfg.vocab_size)
 
-    results: dict = {
-        k: {}
-        for k in (
-            "prompt_retention",
-            "prompt_retention_std",
-            "prompt_retention_facts",
-            "prompt_retention_facts_std",
-            "mqar",
-            "mqar_std",
-        )
-    }
-    results["perplexity"] = {"prompt_retention": {}, "mqar": {}}
-    results["n_answers"] = {"prompt_retention": {}, "mqar": {}}
+    kinds = list(dict.fromkeys([*(k for k, _, _ in sets), "mqar"]))
+    results: dict = {}
+    for kind in kinds:
+        for suffix in ("", "_std") + (("_facts", "_facts_std") if kind != "mqar" else ()):
+            results[kind + suffix] = {}
+    results["perplexity"] = {k: {} for k in kinds}
+    results["n_answers"] = {k: {} for k in kinds}
     for kind, label, name in sets:
-        es = load_eval_set(name, kind, ev.num_examples, seeds, directory, run.tokenizer, split)
+        dataset = "mqar" if kind == "mqar" else "prompt_retention"
+        es = load_eval_set(name, dataset, ev.num_examples, seeds, directory, run.tokenizer, split)
         results["n_answers"][kind][label] = len(es.answers)
         for m in methods:
             t = time.time()
@@ -408,11 +411,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             results[f"{kind}_std"].setdefault(m, {})[label] = _std(accs)
             results["perplexity"][kind].setdefault(m, {})[label] = float(np.mean(ppls))
             facts = ""
-            if kind == "prompt_retention":
-                results["prompt_retention_facts"].setdefault(m, {})[label] = float(
-                    np.mean(fact_accs)
-                )
-                results["prompt_retention_facts_std"].setdefault(m, {})[label] = _std(fact_accs)
+            if kind != "mqar":
+                results[f"{kind}_facts"].setdefault(m, {})[label] = float(np.mean(fact_accs))
+                results[f"{kind}_facts_std"].setdefault(m, {})[label] = _std(fact_accs)
                 facts = f" (facts only {np.mean(fact_accs):.3f} ± {_std(fact_accs):.3f})"
             print(
                 f"{name} {m}: exact match {np.mean(accs):.3f} ± {_std(accs):.3f}{facts}, "
@@ -424,6 +425,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "workdir": str(workdir),
         "methods": list(methods),
         "distances": list(distances),
+        "distractor_facts": list(shares),
         "num_facts": ev.num_facts,
         "mqar": list(experiment.split_list(ev.mqar)),
         "num_examples": ev.num_examples,
@@ -445,6 +447,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
 
 # --------------------------------------------------------------------------- reports
+
+
+def retention_kind(share: int) -> str:
+    """Results key of ``prompt_retention`` with ``share`` % distractor facts."""
+    return "prompt_retention" if share == 0 else f"prompt_retention_b{share}"
+
+
+def _share_text(share: int) -> str:
+    return f", {share}% distractor facts" if share else ""
 
 
 def _table(title, values, spreads, columns, fmt) -> list[str]:
@@ -475,28 +486,25 @@ def results_table(results: dict) -> str:
         f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
         "",
     ]
-    if d_cols:
-        lines += _table(
-            f"prompt_retention (f{cfg['num_facts']})",
-            results["prompt_retention"],
-            results["prompt_retention_std"],
-            d_cols,
-            pct,
-        )
-        if results.get("prompt_retention_facts"):  # absent from older results
+    shares = cfg.get("distractor_facts", [0]) if d_cols else []  # older results: filler only
+    for share in shares:
+        kind = retention_kind(share)
+        title = f"prompt_retention (f{cfg['num_facts']}{_share_text(share)})"
+        lines += _table(title, results[kind], results[f"{kind}_std"], d_cols, pct)
+        if results.get(f"{kind}_facts"):  # absent from older results
             lines += _table(
-                f"prompt_retention (f{cfg['num_facts']}), facts only (closing word excluded)",
-                results["prompt_retention_facts"],
-                results["prompt_retention_facts_std"],
+                f"{title}, facts only (closing word excluded)",
+                results[f"{kind}_facts"],
+                results[f"{kind}_facts_std"],
                 d_cols,
                 pct,
             )
     if m_cols:
         lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
-    if d_cols:
+    for share in shares:
         lines += _table(
-            "Answer-token perplexity (prompt_retention)",
-            results["perplexity"]["prompt_retention"],
+            f"Answer-token perplexity (prompt_retention{_share_text(share)})",
+            results["perplexity"][retention_kind(share)],
             None,
             d_cols,
             "{:.3g}".format,
@@ -510,8 +518,12 @@ def results_table(results: dict) -> str:
             "{:.3g}".format,
         )
     n = results["n_answers"]
-    counts = [f"D={k}: {v}" for k, v in n["prompt_retention"].items()]
-    counts += [f"{k}: {v}" for k, v in n["mqar"].items()]
+    counts = [
+        f"D={k}{_share_text(share)}: {v}"
+        for share in shares
+        for k, v in n[retention_kind(share)].items()
+    ]
+    counts += [f"{k}: {v}" for k, v in n.get("mqar", {}).items()]
     lines.append("Answers scored per method: " + ", ".join(counts))
     return "\n".join(lines) + "\n"
 
@@ -545,9 +557,9 @@ def plot(results: dict, path: str | os.PathLike) -> None:
 
     cfg = results["config"]
     panels = []
-    if cfg["distances"]:
-        title = f"prompt_retention recall (f{cfg['num_facts']})"
-        panels.append((title, "prompt_retention", {str(d): d for d in cfg["distances"]}))
+    for share in cfg.get("distractor_facts", [0]) if cfg["distances"] else []:
+        title = f"prompt_retention recall (f{cfg['num_facts']}{_share_text(share)})"
+        panels.append((title, retention_kind(share), {str(d): d for d in cfg["distances"]}))
     mqar_d = _mqar_distances(cfg["mqar"])
     if mqar_d:
         task = re.sub(r"_d\d+", "", cfg["mqar"][0])

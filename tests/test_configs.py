@@ -30,7 +30,10 @@ def test_config_builds(name):
             for dataset, weight in phase.mixture:
                 assert data_lib.parse_dataset(dataset).name == dataset and weight > 0
     for d in experiment.int_list(config.eval.distances, "eval.distances"):
-        data_lib.parse_dataset(f"prompt_retention/d{d}_f{config.eval.num_facts}_n0_val0_t8")
+        for share in experiment.int_list(config.eval.distractor_facts, "eval.distractor_facts"):
+            data_lib.parse_dataset(
+                f"prompt_retention/d{d}_f{config.eval.num_facts}_b{share}_n0_val0_t8"
+            )
 
 
 def test_overrides_are_validated():
@@ -48,10 +51,16 @@ def test_dataset_grammar():
     spec = data_lib.parse_dataset("prompt_retention/d128_f4_n2000_t50")
     assert (spec.config.distance, spec.config.num_facts) == (128, 4)
     assert (spec.config.num_train, spec.config.num_test) == (2000, 50)
+    assert data_lib.parse_dataset("prompt_retention/d64_f4_b50").config.distractor_facts == 50
     assert data_lib.parse_dataset("mqar/l256_kv16").config.vocab_size == 8192  # predefined
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
-    for bad in ("prompt_retention/d12", "prompt_retention/d64_f4_x3", "lm1b/x"):
+    for bad in (
+        "prompt_retention/d12",
+        "prompt_retention/d64_f4_x3",
+        "prompt_retention/d64_f4_b101",
+        "lm1b/x",
+    ):
         with pytest.raises(experiment.UserError):
             data_lib.parse_dataset(bad)
     phases = data_lib.parse_curriculum(

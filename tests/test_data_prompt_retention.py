@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -153,6 +154,47 @@ def test_distance_only_changes_the_distractor():
     assert len(long["tokens"]) - len(short["tokens"]) == 1024 - 64
 
 
+def _bound(config, distance, share):
+    return dataclasses.replace(
+        config, name=f"{config.name}_b{share}", distance=distance, distractor_facts=share
+    )
+
+
+@pytest.mark.parametrize("share", [30, 100])
+def test_distractor_facts_only_change_the_distractor(share):
+    base = prompt_retention.get_config("d64_f8")
+    for split in SPLITS:
+        for i in range(3):
+            plain = prompt_retention.make_example(base, split, i)
+            short = prompt_retention.make_example(_bound(base, 300, share), split, i)
+            long = prompt_retention.make_example(_bound(base, 2000, share), split, i)
+            _check_example(long, 2000)
+            assert short["prompt"] == plain["prompt"] and short["queries"] == plain["queries"]
+            np.testing.assert_array_equal(short["loss_mask"][-80:], plain["loss_mask"][-80:])
+            assert long["distractor"].startswith(short["distractor"])
+            # No prompt name (nor value, checked above) is mentioned in the distractor.
+            for name in long["facts"]["name"]:
+                assert name.lower() not in long["distractor"].lower()
+            # The distractor states facts about other names with the prompt's attributes
+            # (a sentence cut by the distance limit may be partial).
+            sentences = long["distractor"].split(". ")[:-1]
+            facts = [s for s in sentences if any(a in s for a, _ in prompt_retention.ATTRIBUTES)]
+            if share == 100:
+                assert len(facts) == len(sentences) > 30
+            else:
+                assert 0.15 < len(facts) / len(sentences) < 0.45
+
+
+def test_zero_distractor_facts_keep_the_predefined_examples():
+    config = prompt_retention.get_config("d256_f4")
+    explicit = dataclasses.replace(config, name="d256_f4_b0", distractor_facts=0)
+    for i in range(3):
+        a = prompt_retention.make_example(config, "train", i)
+        b = prompt_retention.make_example(explicit, "train", i)
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+        assert set(a["distractor"]) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .")
+
+
 def test_split_pools_are_disjoint():
     pools = {split: text_gen.invented_pools(split) for split in SPLITS}
     for field in ("names", "words", "codes"):
@@ -193,6 +235,8 @@ def test_filler_text_has_no_answer_characters():
         {"num_facts": prompt_retention.MAX_FACTS + 1},
         {"num_facts": 4, "num_queries": 5},
         {"num_train": -1},
+        {"distractor_facts": -1},
+        {"distractor_facts": 101},
     ],
 )
 def test_bad_config_raises(kwargs):

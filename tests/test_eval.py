@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -21,6 +22,7 @@ def evaluated(trained_run):
     config = tiny_config()
     config.eval.methods = "none,repeat_prompt,true_grad,prosg"
     config.eval.exact_match = "teacher_forced"  # generation is checked against it below
+    config.eval.distractor_facts = "0,50"
     return workdir, eval_lib.evaluate(config, workdir)
 
 
@@ -29,7 +31,11 @@ def test_eval_writes_table_json_and_plot(evaluated):
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     methods = ["none", "repeat_prompt", "true_grad", "prosg"]
-    for key, columns in (("prompt_retention", ["16", "32"]), ("mqar", ["l32_kv4_voc64"])):
+    for key, columns in (
+        ("prompt_retention", ["16", "32"]),
+        ("prompt_retention_b50", ["16", "32"]),
+        ("mqar", ["l32_kv4_voc64"]),
+    ):
         assert list(results[key]) == methods
         for m in methods:
             assert list(results[key][m]) == columns
@@ -39,21 +45,25 @@ def test_eval_writes_table_json_and_plot(evaluated):
                 assert np.isfinite(results["perplexity"][key][m][c])
                 assert results["perplexity"][key][m][c] > 1.0
     # The facts-only score is the all-answers score without the closing word (1 of 3).
-    for m in methods:
-        for c in ("16", "32"):
-            facts = results["prompt_retention_facts"][m][c]
-            assert 0.0 <= facts <= 1.0 and results["prompt_retention_facts_std"][m][c] >= 0.0
-            all_answers = results["prompt_retention"][m][c]
-            assert facts * 2 / 3 - 1e-9 <= all_answers <= facts * 2 / 3 + 1 / 3 + 1e-9
+    for m, c, kind in itertools.product(
+        methods, ("16", "32"), ("prompt_retention", "prompt_retention_b50")
+    ):
+        facts = results[f"{kind}_facts"][m][c]
+        assert 0.0 <= facts <= 1.0 and results[f"{kind}_facts_std"][m][c] >= 0.0
+        all_answers = results[kind][m][c]
+        assert facts * 2 / 3 - 1e-9 <= all_answers <= facts * 2 / 3 + 1 / 3 + 1e-9
     # 2 seeds x 2 examples x (2 facts + closing word); MQAR: 4 keys each.
     assert results["n_answers"] == {
         "prompt_retention": {"16": 12, "32": 12},
+        "prompt_retention_b50": {"16": 12, "32": 12},
         "mqar": {"l32_kv4_voc64": 16},
     }
+    assert results["config"]["distractor_facts"] == [0, 50]
     assert results["config"]["seeds"] == [0, 1]
     table = (workdir / "results.md").read_text()
     assert "| true_grad |" in table and "| 16 | 32 |" in table
     assert "facts only (closing word excluded)" in table
+    assert "prompt_retention (f2, 50% distractor facts)" in table
     assert (workdir / "recall_vs_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -117,6 +127,11 @@ def test_eval_user_errors(trained_run, tmp_path):
     config.eval.split = "train"  # never scored: it is what the model saw
     with pytest.raises(UserError, match="config.eval.split"):
         eval_lib.evaluate(config, trained_run[0])
+    for bad in ("0,0", "150", "-5"):
+        config = tiny_config()
+        config.eval.distractor_facts = bad
+        with pytest.raises(UserError, match="distractor_facts"):
+            eval_lib.evaluate(config, trained_run[0])
 
 
 def test_eval_split_selects_the_examples(trained_run):

@@ -4,7 +4,11 @@ Each example is one text, laid out as::
 
     prompt      facts ("The password of Talex is kodeni.") and instructions
                 (answer format, required closing word); ends with "\\n"
-    distractor  exactly D characters (= D byte tokens) of filler prose
+    distractor  exactly D characters (= D byte tokens) of filler prose; with
+                `distractor_facts` > 0, that share of its sentences state
+                facts about *other* names (same attributes and templates,
+                values never those of the prompt), which write competing
+                bindings into a recurrent state the way a long generation does
     queries     "\\nQ: <question>\\nA: <formatted answer>" per queried fact,
                 then "\\nFinal word: <closing word>"
 
@@ -22,7 +26,10 @@ Guarantees (pinned by tests):
   like with like.
 * Names, values and closing words of train/validation/test come from disjoint
   pools (`text_gen.invented_pools`).
-* Every answer's value occurs in the prompt and nowhere in the distractor.
+* Every answer's value occurs in the prompt and nowhere in the distractor;
+  no prompt name occurs in the distractor either.
+* `distractor_facts` changes the distractor alone: index `i` has the same
+  prompt and queries with or without distractor facts.
 
 Build with `python -m prosg_jax.data.build prompt_retention/d256_f8 --data_dir DIR`
 (or `prosg_jax.data.build.build_dataset`) and read with `tfds.data_source`;
@@ -32,6 +39,7 @@ TensorFlow is not needed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -90,6 +98,10 @@ class PromptRetentionConfig(tfds.core.BuilderConfig):
       num_validation: Examples in the validation split.
       num_test: Examples in the test split.
       seed: Extra seed; change it to draw a different dataset of the same shape.
+      distractor_facts: Percentage (0-100) of distractor sentences that state a
+        fact about a name not in the prompt instead of filler prose. 0 (the
+        predefined configs) leaves the distractor pure filler, which a
+        recurrent state barely registers; facts compete with the prompt's.
     """
 
     distance: int = 256
@@ -99,6 +111,7 @@ class PromptRetentionConfig(tfds.core.BuilderConfig):
     num_validation: int = 1_000
     num_test: int = 1_000
     seed: int = 0
+    distractor_facts: int = 0
 
     def __post_init__(self):
         if self.distance < 0:
@@ -109,6 +122,10 @@ class PromptRetentionConfig(tfds.core.BuilderConfig):
             raise ValueError(
                 f"num_queries must be in [1, num_facts={self.num_facts}] or None, "
                 f"got {self.num_queries}."
+            )
+        if not 0 <= self.distractor_facts <= 100:
+            raise ValueError(
+                f"distractor_facts must be a percentage in [0, 100], got {self.distractor_facts}."
             )
         for split, n in self.split_sizes().items():
             if n < 0:
@@ -171,6 +188,32 @@ def _example_seed(config: PromptRetentionConfig, split: str, index: int) -> int:
     )
 
 
+def _distractor_sentence(
+    rng: np.random.Generator, *, share: float, pools: text_gen.SplitPools, banned: tuple[str, ...]
+) -> str:
+    """A filler sentence, or with probability `share` a fact about another name.
+
+    The fact uses the prompt's attributes and templates with a name and value
+    from the split's pools; any draw whose sentence contains a `banned`
+    (lowercased) prompt name, value or closing word is redrawn, so the
+    distractor competes with the prompt's bindings without ever answering a
+    query.
+    """
+    if rng.random() >= share:
+        return text_gen.filler_sentence(rng)
+    while True:
+        attr, kind = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+        pool = pools.words if kind == "word" else pools.codes
+        text = FACT_TEMPLATES[int(rng.integers(len(FACT_TEMPLATES)))].format(
+            attr=attr,
+            name=pools.names[int(rng.integers(len(pools.names)))],
+            value=pool[int(rng.integers(len(pool)))],
+        )
+        lowered = text.lower()
+        if not any(b in lowered for b in banned):
+            return text
+
+
 def make_example(config: PromptRetentionConfig, split: str, index: int) -> dict[str, Any]:
     """Generates example `index` of `split`, exactly as the builder stores it.
 
@@ -231,11 +274,21 @@ def make_example(config: PromptRetentionConfig, split: str, index: int) -> dict[
     )
 
     # --- Distractor: its own stream, so its length does not move the rest. ---
-    distractor = text_gen.filler_text(np.random.default_rng((seed, 1)), config.distance)
+    sentence = text_gen.filler_sentence
+    if config.distractor_facts:
+        sentence = functools.partial(
+            _distractor_sentence,
+            share=config.distractor_facts / 100,
+            pools=pools,
+            banned=tuple(s.lower() for s in (*names, *values, closing_word)),
+        )
+    distractor = text_gen.filler_text(np.random.default_rng((seed, 1)), config.distance, sentence)
     lowered = distractor.lower()
-    for value in [*values, closing_word]:
-        if value.lower() in lowered:  # Impossible by construction of the pools.
-            raise RuntimeError(f"Answer {value!r} leaked into the distractor (seed {seed}).")
+    for value in [*values, closing_word, *names]:
+        if value.lower() in lowered:  # Impossible by construction (pools, redraws).
+            raise RuntimeError(
+                f"{value!r} from the prompt leaked into the distractor (seed {seed})."
+            )
 
     # --- Tokens: encode piece by piece so answer offsets are exact. ---
     tok = ByteTokenizer()

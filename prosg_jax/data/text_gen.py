@@ -7,7 +7,8 @@
   of unseen pairs rather than memorised ones.
 * `filler_text`: grammatical nonsense built from `wordlists`, used as the
   distractor span. It is random enough not to be trivially compressible and,
-  by construction, never contains an invented word, a digit or a bracket.
+  by construction, never contains an invented word, a digit or a bracket
+  (unless the caller's own `sentence` function puts them there).
 
 No global RNG is used anywhere: callers pass a `np.random.Generator`.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -170,7 +171,7 @@ def invented_pools(split: str) -> SplitPools:
 _DRAWS_PER_SENTENCE = 2 * (1 + 3 * 4 + 2) + 2
 
 
-def _sentence(rng: np.random.Generator) -> str:
+def filler_sentence(rng: np.random.Generator) -> str:
     """One random sentence from a tiny grammar over the filler word lists."""
     w = wordlists
     # One vectorised draw per sentence: calling the generator per word would
@@ -208,16 +209,23 @@ def _sentence(rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def filler_text(rng: np.random.Generator, length: int) -> str:
+def filler_text(
+    rng: np.random.Generator,
+    length: int,
+    sentence: Callable[[np.random.Generator], str] = filler_sentence,
+) -> str:
     """Returns exactly `length` characters of random filler prose.
 
-    The text is ASCII letters, spaces and full stops only. Longer requests from
-    an identically seeded generator extend shorter ones (the shorter text is a
-    prefix), so distractors of different lengths share their beginning.
+    With the default `sentence`, the text is ASCII letters, spaces and full
+    stops only. Longer requests from an identically seeded generator extend
+    shorter ones (the shorter text is a prefix), so distractors of different
+    lengths share their beginning.
 
     Args:
       rng: Source of randomness; consumed.
       length: Number of characters (== byte tokens) to return; >= 0.
+      sentence: Draws one sentence from `rng` (`filler_sentence` by default);
+        the prefix property holds for any function that only reads `rng`.
 
     Returns:
       The filler text.
@@ -230,9 +238,9 @@ def filler_text(rng: np.random.Generator, length: int) -> str:
     parts: list[str] = []
     size = -1  # Length of " ".join(parts): one space fewer than sentences.
     while size < length:
-        sentence = _sentence(rng)
-        parts.append(sentence)
-        size += len(sentence) + 1
+        text = sentence(rng)
+        parts.append(text)
+        size += len(text) + 1
     # Cutting mid-word is fine: a prefix of a filler word is still a substring
     # of a filler word, so no invented word can appear.
     return " ".join(parts)[:length]

@@ -6,7 +6,9 @@ used as is; any other name is parsed into a custom builder config and
 generated on the fly (deterministically) into the data dir:
 
 * ``prompt_retention/d{distance}_f{facts}`` plus optional ``_n{num_train}``,
-  ``_val{num_validation}``, ``_t{num_test}``, ``_q{num_queries}``, ``_s{seed}``;
+  ``_val{num_validation}``, ``_t{num_test}``, ``_q{num_queries}``, ``_s{seed}``,
+  ``_b{percent}`` (that share of distractor sentences are facts about other
+  names, e.g. ``prompt_retention/d1024_f4_b50``);
 * ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``,
   ``_d{distance}`` (filler between the pairs and the queries), ``_n``,
   ``_val``, ``_t``, ``_s``.
@@ -57,6 +59,7 @@ _PR_EXTRA = {
     "t": "num_test",
     "q": "num_queries",
     "s": "seed",
+    "b": "distractor_facts",
 }
 _MQAR_EXTRA = {
     "voc": "vocab_size",
@@ -112,7 +115,7 @@ def parse_dataset(name: str) -> DatasetSpec:
         (_PR_BASE, _PR_EXTRA) if dataset == "prompt_retention" else (_MQAR_BASE, _MQAR_EXTRA)
     )
     grammar = (
-        "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>]"
+        "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>][_b<percent>]"
         if dataset == "prompt_retention"
         else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_n<train>][_val<n>][_t<test>]"
         "[_s<seed>]"
