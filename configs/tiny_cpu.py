@@ -4,11 +4,12 @@
 shipped base (``init_from``: pretrained on two CPU cores by
 ``pretrained/tiny_rwkv7_mqar_base.sh``, an MQAR warm-up and then text; ``base``
 stage 0 steps here), trains the SG module on it (``prosg`` stage, 800 steps,
-90% of each batch continuing from an empty state), then both together
+70% of each batch continuing from an empty state), then both together
 (``joint`` stage, 1,000 steps: the base learns to read the deltas);
 ``python eval.py --config configs/tiny_cpu.py --workdir W`` measures recall vs
-distance. Together they take about 17 minutes on two quiet CPU cores. Every
-field can be overridden from the command line, e.g. ``--config.train.prosg.steps=50``.
+distance, with filler distractors and with distractor facts. Together they take
+about 25 minutes on two quiet CPU cores. Every field can be overridden from the
+command line, e.g. ``--config.train.prosg.steps=50``.
 
 Dataset names (``data.train_mixture``, ``eval.*``) are TFDS names of the
 generated datasets; names that are not predefined are built on the fly, e.g.
