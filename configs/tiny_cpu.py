@@ -122,6 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.exact_match = "generate"
     config.eval.distances = "64,256,1024,4096"  # distractor lengths D: every built one
     config.eval.num_facts = 4  # facts per prompt in the evaluated datasets
+    # Facts asked per prompt: 0 asks all, in random order, so the last answer follows
+    # from the others (elimination); 1 asks one, which only the names can answer.
+    config.eval.num_queries = 0
     # Share (%) of distractor sentences that are facts about other names (0 = filler only).
     config.eval.distractor_facts = "0,50"
     config.eval.mqar = "l128_kv8_voc256"  # MQAR configs evaluated ("" = none)

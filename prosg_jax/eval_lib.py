@@ -346,6 +346,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             "config.eval.distractor_facts must be distinct percentages in [0, 100], "
             f"got {ev.distractor_facts!r}"
         )
+    # Configs written before the field existed: every fact is asked.
+    questions = int(ev.get("num_queries", 0))
+    if not 0 <= questions <= ev.num_facts:
+        raise UserError(
+            "config.eval.num_queries must be 0 (ask every fact) or 1 .. eval.num_facts="
+            f"{ev.num_facts}, got {ev.num_queries!r}"
+        )
     seeds = experiment.int_list(ev.seeds, "eval.seeds")
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UserError(
@@ -375,7 +382,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             retention_kind(share),
             str(d),
             _eval_name(
-                f"prompt_retention/d{d}_f{ev.num_facts}" + (f"_b{share}" if share else ""),
+                f"prompt_retention/d{d}_f{ev.num_facts}"
+                + (f"_q{questions}" if questions else "")
+                + (f"_b{share}" if share else ""),
                 (max(seeds) + 1) * ev.num_examples,
                 split,
             ),
@@ -427,6 +436,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "distances": list(distances),
         "distractor_facts": list(shares),
         "num_facts": ev.num_facts,
+        "num_queries": questions,
         "mqar": list(experiment.split_list(ev.mqar)),
         "num_examples": ev.num_examples,
         "seeds": list(seeds),
@@ -456,6 +466,13 @@ def retention_kind(share: int) -> str:
 
 def _share_text(share: int) -> str:
     return f", {share}% distractor facts" if share else ""
+
+
+def _set_text(cfg: dict, share: int) -> str:
+    """``f4``, ``f4, 1 question``, ``f4, 50% distractor facts``: what a table scores."""
+    questions = cfg.get("num_queries", 0)  # absent from older results: every fact asked
+    asked = f", {questions} question{'s' if questions > 1 else ''}" if questions else ""
+    return f"f{cfg['num_facts']}{asked}{_share_text(share)}"
 
 
 def _table(title, values, spreads, columns, fmt) -> list[str]:
@@ -489,7 +506,7 @@ def results_table(results: dict) -> str:
     shares = cfg.get("distractor_facts", [0]) if d_cols else []  # older results: filler only
     for share in shares:
         kind = retention_kind(share)
-        title = f"prompt_retention (f{cfg['num_facts']}{_share_text(share)})"
+        title = f"prompt_retention ({_set_text(cfg, share)})"
         lines += _table(title, results[kind], results[f"{kind}_std"], d_cols, pct)
         if results.get(f"{kind}_facts"):  # absent from older results
             lines += _table(
@@ -558,7 +575,7 @@ def plot(results: dict, path: str | os.PathLike) -> None:
     cfg = results["config"]
     panels = []
     for share in cfg.get("distractor_facts", [0]) if cfg["distances"] else []:
-        title = f"prompt_retention recall (f{cfg['num_facts']}{_share_text(share)})"
+        title = f"prompt_retention recall ({_set_text(cfg, share)})"
         panels.append((title, retention_kind(share), {str(d): d for d in cfg["distances"]}))
     mqar_d = _mqar_distances(cfg["mqar"])
     if mqar_d:

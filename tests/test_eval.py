@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -132,6 +133,27 @@ def test_eval_user_errors(trained_run, tmp_path):
         config.eval.distractor_facts = bad
         with pytest.raises(UserError, match="distractor_facts"):
             eval_lib.evaluate(config, trained_run[0])
+    for bad in (-1, 3):  # the prompts hold 2 facts
+        config = tiny_config()
+        config.eval.num_queries = bad
+        with pytest.raises(UserError, match="num_queries"):
+            eval_lib.evaluate(config, trained_run[0])
+
+
+def test_eval_one_question_per_prompt(trained_run, tmp_path):
+    """eval.num_queries=1 scores one fact and the closing word per prompt."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], workdir)  # eval writes results into its workdir
+    config = tiny_config()
+    config.eval.methods = "none"
+    config.eval.exact_match = "teacher_forced"
+    config.eval.distances = "16"
+    config.eval.mqar = ""
+    config.eval.num_queries = 1
+    results = eval_lib.evaluate(config, workdir)
+    assert results["n_answers"]["prompt_retention"] == {"16": 8}  # 2 seeds x 2 examples x 2
+    assert results["config"]["num_queries"] == 1
+    assert "prompt_retention (f2, 1 question)" in (workdir / "results.md").read_text()
 
 
 def test_eval_split_selects_the_examples(trained_run):
