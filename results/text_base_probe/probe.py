@@ -12,6 +12,13 @@ bytes of each fact's value (no answer delimiters):
   the true earlier ones, exact match by value kind (4-digit code or invented
   word), and how many first-byte errors are the first byte of *another*
   fact's value in the same prompt (a retrieved but mis-bound value).
+  Then the first-byte accuracy by the question's position among the queries,
+  and how many mis-bound first bytes belong to a fact asked *earlier*: a
+  model that answers by elimination (a value not yet given) is right on the
+  last question whatever its key, and almost never repeats an earlier answer.
+  Beside each position, the accuracy of a reader that ignores the names: it
+  knows the value's kind (code or word, from the attribute) and which facts
+  were asked already, and picks among the rest of that kind at random.
   Also the most frequent prediction (teacher-forced bytes) for a code.
 - ``restated``: after the distractor, each fact's own sentence is repeated
   up to its value ("Nerex's boat is "), the cue a copying (induction)
@@ -63,6 +70,40 @@ def mean_cosine(emb: np.ndarray, ids: np.ndarray) -> float:
     return float(c[~np.eye(len(ids), dtype=bool)].mean())
 
 
+def by_position(examples, rows, pred: np.ndarray, tokens: np.ndarray) -> str:
+    """First-byte accuracy of the question rows by position, beside the nameless reader's.
+
+    The nameless reader knows each value's kind (digits or letters) and which
+    facts were asked before, and picks uniformly among the rest of that kind.
+    Also counts the first-byte errors that repeat an earlier question's answer.
+    """
+    model, nameless = collections.defaultdict(list), collections.defaultdict(list)
+    repeats = errors = 0
+    for i, (example, (_, spans)) in enumerate(zip(examples, rows, strict=True)):
+        for position, (start, _, value) in enumerate(spans):
+            right = bool(pred[i, start - 1] == tokens[i, start])
+            earlier_starts = [s for s, *_ in spans[:position]]
+            asked = [v for *_, v in spans[:position]]
+            same_kind = [
+                v
+                for v in example["facts"]["value"]
+                if v not in asked and v.isdigit() == value.isdigit()
+            ]
+            model[position].append(right)
+            nameless[position].append(1 / len(same_kind))
+            errors += not right
+            repeats += not right and pred[i, start - 1] in tokens[i, earlier_starts]
+    cells = ", ".join(
+        f"#{p + 1} {np.mean(model[p]):.1%} ({np.mean(nameless[p]):.1%})" for p in sorted(model)
+    )
+    overall = [np.mean(sum(d.values(), [])) for d in (model, nameless)]
+    return (
+        f"questions, first byte right by position (a reader ignoring names): {cells}; "
+        f"all {overall[0]:.1%} ({overall[1]:.1%}); "
+        f"errors that repeat an earlier answer's first byte: {repeats}/{errors}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="pretrained/tiny_rwkv7_base.safetensors")
@@ -112,6 +153,9 @@ def main() -> None:
             f"{np.mean(exact['word']):.1%} (n={len(exact['word'])}) | "
             + (f"{misbound}/{errors} |" if not restated else "– |")
         )
+        if not restated:
+            positions = by_position(examples, rows, pred, tokens)
+    print("\n" + positions)
     if code_preds:
         top, count = collections.Counter(code_preds).most_common(1)[0]
         print(f"\nmost frequent prediction for a code: {top!r}, {count} of {len(code_preds)}")
