@@ -61,14 +61,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.source.endswith(".safetensors"):
         cfg, params = pj.load_rwkv(args.source)
-        run = (cfg, params, pj.get_tokenizer("byte"))
+        run, own = (cfg, params, pj.get_tokenizer("byte")), "none"
     else:
-        run = pj.load_run(args.source)
+        run, own = pj.load_run(args.source), "the run's own"
     protocol = "each question alone" if args.single else "questions in order"
     if args.distractor_facts:
         protocol += f", {args.distractor_facts}% distractor facts"
-    method = args.method or ("none" if isinstance(run, tuple) else "the run's own")
-    print(f"{args.source}, method {method}, {protocol}, test #{FIRST_INDEX}+{args.n}")
+    print(f"{args.source}, method {args.method or own}, {protocol}, test #{FIRST_INDEX}+{args.n}")
     print("| D | first byte: #1 | #2 | #3 | #4 | exact: #1 | #2 | #3 | #4 | exact: all |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for distance in map(int, args.distances.split(",")):
@@ -92,11 +91,13 @@ def main() -> None:
             first[position].append(output.startswith(head))
             exact[position].append(output.startswith(text))
             by_kind[i, value.isdigit()].append(output)
-        pairs = [a == b for outs in by_kind.values() for a, b in itertools.combinations(outs, 2)]
         cells = [f"{np.mean(first[p]):.1%}" for p in range(NUM_FACTS)]
         cells += [f"{np.mean(exact[p]):.1%}" for p in range(NUM_FACTS)]
         cells.append(f"{np.mean(sum(exact.values(), [])):.1%}")
-        same = f" ({sum(pairs)} of {len(pairs)} same-kind pairs alike)" if args.single else ""
+        same = ""
+        if args.single:
+            pairs = [a == b for o in by_kind.values() for a, b in itertools.combinations(o, 2)]
+            same = f" ({sum(pairs)} of {len(pairs)} same-kind pairs alike)"
         print(f"| {distance} | " + " | ".join(cells) + f"{same} |", flush=True)
 
 

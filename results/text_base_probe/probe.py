@@ -13,7 +13,7 @@ bytes of each fact's value (no answer delimiters):
   word), and how many first-byte errors are the first byte of *another*
   fact's value in the same prompt (a retrieved but mis-bound value).
   Then the first-byte accuracy by the question's position among the queries,
-  and how many mis-bound first bytes belong to a fact asked *earlier*: a
+  and how many first-byte errors repeat an *earlier* question's answer: a
   model that answers by elimination (a value not yet given) is right on the
   last question whatever its key, and almost never repeats an earlier answer.
   Beside each position, the accuracy of a reader that ignores the names: it
