@@ -55,10 +55,12 @@ def test_dataset_grammar():
     assert data_lib.parse_dataset("mqar/l256_kv16").config.vocab_size == 8192  # predefined
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
+    assert data_lib.parse_dataset("mqar/l128_kv8_voc20_k3").config.key_tokens == 3
     for bad in (
         "prompt_retention/d12",
         "prompt_retention/d64_f4_x3",
         "prompt_retention/d64_f4_b101",
+        "mqar/l128_kv8_voc20_k3_d2",  # the distractor is whole 4-token pairs
         "lm1b/x",
     ):
         with pytest.raises(experiment.UserError):

@@ -29,36 +29,46 @@ def built(tmp_path_factory):
 def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     tokens = np.asarray(ex["tokens"])
     mask = np.asarray(ex["loss_mask"])
-    keys, values = np.asarray(ex["keys"]), np.asarray(ex["values"])
+    k, span = config.key_tokens, config.key_tokens + 1
+    keys = np.asarray(ex["keys"]).reshape(-1, k)
+    values = np.asarray(ex["values"])
     qpos = np.asarray(ex["query_positions"])
     n, first_value = config.num_kv_pairs, config.first_value_id
+    key_set = {tuple(key) for key in keys.tolist()}
 
     assert tokens.shape == mask.shape == (config.seq_len + config.distance + 1,)
     assert ((tokens > 0) & (tokens < config.vocab_size)).all()  # 0 is padding only.
     # Context: n distinct keys bound to n distinct values.
-    np.testing.assert_array_equal(tokens[0 : 2 * n : 2], keys)
-    np.testing.assert_array_equal(tokens[1 : 2 * n : 2], values)
-    assert len(set(keys.tolist())) == n and len(set(values.tolist())) == n
+    context = tokens[: span * n].reshape(n, span)
+    np.testing.assert_array_equal(context[:, :k], keys)
+    np.testing.assert_array_equal(context[:, k], values)
+    assert len(key_set) == n and len(set(values.tolist())) == n
     assert (keys >= 1).all() and (keys < first_value).all()
     assert (values >= first_value).all()
-    # Every key is queried exactly once, after the context, at an even offset.
-    assert sorted(tokens[qpos].tolist()) == sorted(keys.tolist())
-    first_slot = 2 * n + config.distance
-    assert (qpos >= first_slot).all() and ((qpos - first_slot) % 2 == 0).all()
-    # No overwrite: a key only ever appears in its pair and its query, and
-    # every appearance is followed by the value it was bound to.
-    binding = dict(zip(keys.tolist(), values.tolist(), strict=True))
-    key_positions = np.flatnonzero(np.isin(tokens, keys))
-    assert len(key_positions) == 2 * n
-    for p in key_positions:
-        assert tokens[p + 1] == binding[int(tokens[p])]
-    # The distractor: bindings of unqueried keys; every other key position is one.
-    gap = tokens[2 * n : 2 * n + config.distance]
-    assert (gap[0::2] < first_value).all() and (gap[1::2] >= first_value).all()
-    assert len(np.flatnonzero(tokens < first_value)) == 2 * n + config.distance // 2
+    # Every key is queried exactly once, after the context, at a whole number of pairs.
+    queried = tokens[qpos[:, None] + np.arange(k)]
+    assert sorted(map(tuple, queried.tolist())) == sorted(key_set)
+    first_slot = span * n + config.distance
+    assert (qpos >= first_slot).all() and ((qpos - first_slot) % span == 0).all()
+    # No overwrite: key ids only ever appear in the pairs, the queries and the
+    # distractor's pairs; every queried key's appearances are its pair and its
+    # query, each followed by the value it was bound to.
+    binding = dict(zip(map(tuple, keys.tolist()), values.tolist(), strict=True))
+    pair_starts = np.concatenate(
+        [np.arange(0, span * n + config.distance, span), qpos]
+    )  # context, distractor, queries
+    is_key_id = tokens < first_value
+    expected_key_ids = np.zeros_like(is_key_id)
+    expected_key_ids[pair_starts[:, None] + np.arange(k)] = True
+    np.testing.assert_array_equal(is_key_id, expected_key_ids)
+    seen = [tuple(tokens[p : p + k].tolist()) for p in pair_starts]
+    for p, key in zip(pair_starts, seen, strict=True):
+        if key in binding:
+            assert tokens[p + k] == binding[key]
+    assert sum(key in binding for key in seen) == 2 * n  # distractor keys are never queried
     # The loss mask marks exactly the answer (value) tokens of the queries.
     expected = np.zeros_like(mask)
-    expected[qpos + 1] = 1
+    expected[qpos + k] = 1
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -131,6 +141,63 @@ def test_distance_inserts_filler_and_keeps_the_rest():
     assert len(set(gaps[300][0::2].tolist())) > 100  # many distinct distractor keys
 
 
+MULTI = mqar.MqarConfig(
+    name="k3", vocab_size=20, seq_len=128, num_kv_pairs=8, key_tokens=3, distance=400
+)
+
+
+def test_multi_token_keys_keep_the_invariants():
+    for split in text_gen.SPLITS:
+        for i in range(20):
+            _check_example(mqar.make_example(MULTI, split, i), MULTI)
+    plain = dataclasses.replace(MULTI, name="k3d0", distance=0)
+    for i in range(5):
+        _check_example(mqar.make_example(plain, "test", i), plain)
+
+
+def test_multi_token_keys_share_their_tokens():
+    # With 9 key ids no single key position names the key: two of the 8 keys
+    # almost always share their last id (all distinct has probability 0.8%).
+    shared = 0
+    for i in range(50):
+        keys = mqar.make_example(MULTI, "train", i)["keys"].reshape(-1, 3)
+        shared += len(set(keys[:, -1].tolist())) < len(keys)
+    assert shared >= 45
+    # The distractor's keys are uniform over the unqueried ones: all 9 ids in every slot.
+    ex = mqar.make_example(MULTI, "train", 0)
+    distractor = ex["tokens"][32 : 32 + MULTI.distance].reshape(-1, 4)
+    for slot in range(3):
+        assert set(distractor[:, slot].tolist()) == set(range(1, 10))
+
+
+@pytest.mark.parametrize("config", [TINY, MULTI], ids=["one-token", "three-token"])
+def test_encode_record_cuts_after_the_pairs(config):
+    # The ProSG and eval paths: the prompt is the pairs, each answer the value after its query.
+    from prosg_jax.data.tokenizers import ByteTokenizer
+    from prosg_jax.train.data import encode_record
+
+    ex = mqar.make_example(config, "validation", 1)
+    out = encode_record(ex, dataset="mqar", tokenizer=ByteTokenizer())
+    span = config.key_tokens + 1
+    np.testing.assert_array_equal(out["prompt"], ex["tokens"][: span * config.num_kv_pairs])
+    answers = out["cont"][out["answer_start"]]
+    np.testing.assert_array_equal(np.sort(answers), np.sort(ex["values"]))
+    np.testing.assert_array_equal(out["answer_end"] - out["answer_start"], 1)
+    np.testing.assert_array_equal(np.flatnonzero(out["answer_mask"]), np.sort(out["answer_start"]))
+
+
+def test_one_token_keys_keep_their_examples():
+    # key_tokens=1 is the layout from before key_tokens existed: these digests
+    # pin its examples (and so every dataset already built or trained on).
+    import hashlib
+
+    digests = {}
+    for config in (TINY, dataclasses.replace(TINY, name="d", distance=300)):
+        ex = mqar.make_example(config, "test", 3)
+        digests[config.name] = hashlib.sha256(ex["tokens"].tobytes()).hexdigest()[:16]
+    assert digests == {"tiny": "3c262581b31a130d", "d": "7756f16c6aac6247"}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -142,6 +209,13 @@ def test_distance_inserts_filler_and_keeps_the_rest():
         ({"distance": -2}, "distance"),
         ({"distance": 7}, "even"),
         ({"vocab_size": 18, "num_kv_pairs": 8, "distance": 2}, "no unqueried key"),
+        ({"key_tokens": 0}, "key_tokens"),
+        ({"key_tokens": 3, "seq_len": 130}, "multiple of key_tokens"),
+        ({"key_tokens": 3, "seq_len": 120, "num_kv_pairs": 16}, "too small for 16 pairs"),
+        ({"key_tokens": 2, "vocab_size": 8, "num_kv_pairs": 10, "seq_len": 120}, "9 keys"),
+        ({"key_tokens": 2, "vocab_size": 12, "num_kv_pairs": 10, "seq_len": 120}, "6 value ids"),
+        ({"key_tokens": 3, "distance": 6}, "multiple >= 0 of key_tokens"),
+        ({"key_tokens": 7, "vocab_size": 2**20, "seq_len": 256}, "int64"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -28,8 +28,19 @@ The model sees `tokens[:-1]` and predicts `tokens[1:]` (so at distance 0 it
 sees exactly `seq_len` inputs, like Zoology's `input_seq_len`); `loss_mask`
 marks the answer value tokens.
 
-Vocabulary: id 0 is padding and never appears in an example; keys are
+Vocabulary: id 0 is padding and never appears in an example; key tokens are
 `[1, vocab_size // 2)`, values `[vocab_size // 2, vocab_size)`.
+
+The features: `tokens`, `loss_mask`, `keys` (`[N * key_tokens]`, each key's
+ids in a row), `values` (`[N]`), `query_positions` (`[N]`, where each query's
+first key token sits; its value follows the key).
+
+`key_tokens` (1 in Zoology) makes each key a sequence of that many key tokens,
+so a pair is `a b c v` and a query repeats `a b c` before its value. Keys are
+distinct as sequences but share tokens, so with few key ids (e.g. 9 ids, 3
+tokens) no single token tells which key it is: the model has to compose the
+key from several tokens, as it must for a name spelled in bytes. With one
+token per key the examples are exactly those of the plain layout.
 
 Known pitfall, handled: Zoology fills the non-query positions with tokens drawn
 from the whole vocabulary, keys included. Once answers are fed back as inputs
@@ -70,8 +81,9 @@ class MqarConfig(tfds.core.BuilderConfig):
       num_kv_pairs: Key-value pairs in the context; each is queried once.
       power_a: Power-law parameter of the query gap distribution (1.0 is
         uniform, Zoology uses 0.01).
-      distance: Tokens of distractor bindings (an even number) between the
-        context and the query slots (0 = Zoology's layout).
+      distance: Tokens of distractor bindings (a multiple of `key_tokens + 1`)
+        between the context and the query slots (0 = Zoology's layout).
+      key_tokens: Tokens per key (1 = Zoology's layout).
       num_train: Examples in the train split.
       num_validation: Examples in the validation split.
       num_test: Examples in the test split.
@@ -83,40 +95,65 @@ class MqarConfig(tfds.core.BuilderConfig):
     num_kv_pairs: int = 16
     power_a: float = 0.01
     distance: int = 0
+    key_tokens: int = 1
     num_train: int = 100_000
     num_validation: int = 3_000
     num_test: int = 3_000
     seed: int = 0
 
     def __post_init__(self):
+        span = self.key_tokens + 1
+        if self.key_tokens < 1:
+            raise ValueError(f"key_tokens must be >= 1, got {self.key_tokens}.")
         if self.num_kv_pairs < 1:
             raise ValueError(f"num_kv_pairs must be >= 1, got {self.num_kv_pairs}.")
-        if self.seq_len % 2:
-            raise ValueError(f"seq_len must be even, got {self.seq_len}.")
-        if self.seq_len < 4 * self.num_kv_pairs:
+        if self.seq_len % span:
+            raise ValueError(
+                f"seq_len must be a multiple of key_tokens + 1 = {span} (even for one-token "
+                f"keys), got {self.seq_len}."
+            )
+        if self.seq_len < 2 * span * self.num_kv_pairs:
             raise ValueError(
                 f"seq_len={self.seq_len} is too small for {self.num_kv_pairs} pairs: "
-                f"need seq_len >= 4 * num_kv_pairs = {4 * self.num_kv_pairs}."
+                f"need seq_len >= {2 * span} * num_kv_pairs = {2 * span * self.num_kv_pairs}."
             )
-        if self.vocab_size // 2 - 1 < self.num_kv_pairs:
+        keys = self.num_keys
+        if keys < self.num_kv_pairs:
             raise ValueError(
-                f"vocab_size={self.vocab_size} is too small for {self.num_kv_pairs} "
-                f"distinct keys: need vocab_size >= {2 * (self.num_kv_pairs + 1)}."
+                f"vocab_size={self.vocab_size} is too small for {self.num_kv_pairs} distinct "
+                f"keys: {self.vocab_size // 2 - 1} key ids give {keys} keys of "
+                f"{self.key_tokens} token(s)."
             )
-        if self.distance and self.vocab_size // 2 - 1 == self.num_kv_pairs:
+        if self.vocab_size - self.first_value_id < self.num_kv_pairs:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} is too small for {self.num_kv_pairs} distinct "
+                f"values: it has {self.vocab_size - self.first_value_id} value ids."
+            )
+        if keys >= 2**63:
+            raise ValueError(
+                f"{self.key_tokens} key tokens over vocab_size={self.vocab_size} give "
+                f"{keys} keys, more than int64 indexes: use fewer key tokens."
+            )
+        if self.distance and keys == self.num_kv_pairs:
             raise ValueError(
                 f"vocab_size={self.vocab_size} leaves no unqueried key for the distractor: "
-                f"need vocab_size >= {2 * (self.num_kv_pairs + 2)} with distance > 0."
+                f"{keys} keys of {self.key_tokens} token(s) for {self.num_kv_pairs} pairs."
             )
         if not self.power_a > 0:
             raise ValueError(f"power_a must be > 0, got {self.power_a}.")
-        if self.distance < 0 or self.distance % 2:
+        if self.distance < 0 or self.distance % span:
             raise ValueError(
-                f"distance must be an even number >= 0 (key-value pairs), got {self.distance}."
+                f"distance must be a multiple >= 0 of key_tokens + 1 = {span} (even for "
+                f"one-token keys: key-value pairs), got {self.distance}."
             )
         for split, n in self.split_sizes().items():
             if n < 0:
                 raise ValueError(f"num_{split} must be >= 0, got {n}.")
+
+    @property
+    def num_keys(self) -> int:
+        """Distinct keys: sequences of `key_tokens` key ids."""
+        return (self.vocab_size // 2 - 1) ** self.key_tokens
 
     @property
     def first_value_id(self) -> int:
@@ -183,6 +220,9 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
         raise ValueError(f"Unknown split {split!r}; expected one of {text_gen.SPLITS}.")
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}.")
+    # One-token keys leave key_tokens out of the seed: their examples stay those of
+    # the layout before key_tokens existed.
+    key_seed = () if config.key_tokens == 1 else (config.key_tokens,)
     seed = text_gen.example_seed(
         _NAME,
         _VERSION,
@@ -191,39 +231,49 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
         config.seq_len,
         config.num_kv_pairs,
         repr(float(config.power_a)),
+        *key_seed,
         split,
         index,
     )
     rng = np.random.default_rng(seed)
-    n = config.num_kv_pairs
+    n, k = config.num_kv_pairs, config.key_tokens
+    span = k + 1  # tokens per pair: the key's, then the value
     first_value = config.first_value_id
-    keys = 1 + rng.choice(first_value - 1, size=n, replace=False)
+    # A key is drawn as its index among all num_keys sequences of key ids.
+    key_codes = rng.choice(config.num_keys, size=n, replace=False)
+    keys = _key_ids(key_codes, k, first_value)
     values = first_value + rng.choice(config.vocab_size - first_value, size=n, replace=False)
 
-    # Query slots are (key, value) position pairs after the 2n context tokens.
-    context = 2 * n
-    num_slots = (config.seq_len - context) // 2
+    # Query slots are span-long runs of positions after the span * n context tokens.
+    context = span * n
+    num_slots = (config.seq_len - context) // span
     p = config.power_a * np.arange(1, num_slots + 1) ** (config.power_a - 1)
     gaps = rng.choice(num_slots, size=n, replace=False, p=p / p.sum())
-    query_positions = context + 2 * gaps
+    query_positions = context + span * gaps
 
     # Filler only from the value range: a key never appears outside its pair
     # and its query (see the module docstring).
     tokens = rng.integers(first_value, config.vocab_size, size=config.seq_len + 1)
-    tokens[0:context:2] = keys
-    tokens[1:context:2] = values
-    tokens[query_positions] = keys
-    tokens[query_positions + 1] = values
+    pairs = np.concatenate([keys, values[:, None]], axis=1)  # [n, span]
+    tokens[:context] = pairs.reshape(-1)
+    tokens[query_positions[:, None] + np.arange(span)] = pairs
     loss_mask = np.zeros(config.seq_len + 1, dtype=np.uint8)
-    loss_mask[query_positions + 1] = 1
+    loss_mask[query_positions + k] = 1
     if config.distance:
         # Drawn after everything else and not part of the seed: see the module docstring.
         # One uniform pair per binding keeps a shorter distractor a prefix of a longer one.
-        others = np.setdiff1d(np.arange(1, first_value), keys)
-        u = rng.random((config.distance // 2, 2))
-        gap = np.empty(config.distance, np.int64)
-        gap[0::2] = others[(u[:, 0] * len(others)).astype(np.int64)]
-        gap[1::2] = first_value + (u[:, 1] * (config.vocab_size - first_value)).astype(np.int64)
+        # The key is uniform over the unqueried keys: the j-th code not in key_codes.
+        u = rng.random((config.distance // span, 2))
+        codes = (u[:, 0] * (config.num_keys - n)).astype(np.int64)
+        for queried in np.sort(key_codes):
+            codes += codes >= queried
+        gap = np.concatenate(
+            [
+                _key_ids(codes, k, first_value),
+                first_value + (u[:, 1:] * (config.vocab_size - first_value)).astype(np.int64),
+            ],
+            axis=1,
+        ).reshape(-1)
         tokens = np.concatenate([tokens[:context], gap, tokens[context:]])
         loss_mask = np.concatenate(
             [loss_mask[:context], np.zeros(config.distance, np.uint8), loss_mask[context:]]
@@ -232,13 +282,20 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
     return {
         "tokens": tokens.astype(np.int32),
         "loss_mask": loss_mask,
-        "keys": keys.astype(np.int32),
+        "keys": keys.reshape(-1).astype(np.int32),
         "values": values.astype(np.int32),
         "query_positions": query_positions.astype(np.int32),
         "split": split,
         "index": index,
         "seed": seed,
     }
+
+
+def _key_ids(codes: np.ndarray, key_tokens: int, first_value: int) -> np.ndarray:
+    """Key indices `[m]` -> key token ids `[m, key_tokens]`: base `first_value - 1` digits + 1."""
+    base = first_value - 1
+    powers = base ** np.arange(key_tokens - 1, -1, -1, dtype=np.int64)
+    return 1 + (np.asarray(codes, np.int64)[:, None] // powers) % base
 
 
 class Mqar(text_gen.LocallyGenerated, tfds.core.GeneratorBasedBuilder):

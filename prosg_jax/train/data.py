@@ -10,8 +10,9 @@ generated on the fly (deterministically) into the data dir:
   ``_b{percent}`` (that share of distractor sentences are facts about other
   names, e.g. ``prompt_retention/d1024_f4_b50``);
 * ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``,
-  ``_d{distance}`` (filler between the pairs and the queries), ``_n``,
-  ``_val``, ``_t``, ``_s``.
+  ``_d{distance}`` (filler between the pairs and the queries), ``_k{tokens}``
+  (tokens per key, e.g. ``mqar/l128_kv8_voc20_k3``), ``_n``, ``_val``,
+  ``_t``, ``_s``.
 
 Example ``i`` of a split does not depend on the split sizes, so
 ``prompt_retention/d1024_f4_n0_val0_t96`` holds exactly the first 96 test
@@ -64,6 +65,7 @@ _PR_EXTRA = {
 _MQAR_EXTRA = {
     "voc": "vocab_size",
     "d": "distance",
+    "k": "key_tokens",
     "n": "num_train",
     "val": "num_validation",
     "t": "num_test",
@@ -117,8 +119,8 @@ def parse_dataset(name: str) -> DatasetSpec:
     grammar = (
         "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>][_b<percent>]"
         if dataset == "prompt_retention"
-        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_n<train>][_val<n>][_t<test>]"
-        "[_s<seed>]"
+        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_k<key tokens>][_n<train>][_val<n>]"
+        "[_t<test>][_s<seed>]"
     )
     m = base_re.match(config_name)
     rest = config_name[m.end() :] if m else ""
@@ -274,8 +276,10 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
     For ``mqar`` the prompt is the key-value context.
     """
     if dataset == "mqar":
-        n = 2 * len(record["keys"])
-        starts = np.asarray(record["query_positions"], np.int32) + 1
+        # keys hold key_tokens ids per pair; a query's value follows its key's ids.
+        key_tokens = len(record["keys"]) // len(record["values"])
+        n = len(record["keys"]) + len(record["values"])
+        starts = np.asarray(record["query_positions"], np.int32) + key_tokens
         return _split_tokenized(record, n, starts, starts + 1, np.ones(len(starts), bool))
     prompt_text = _text(record["prompt"])
     is_fact = np.asarray([_text(k) == "fact" for k in record["answers"]["kind"]], bool)
