@@ -56,6 +56,7 @@ def test_dataset_grammar():
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
     assert data_lib.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
     assert data_lib.parse_dataset("mqar/l128_kv8_voc20_k3").config.key_tokens == 3
+    assert data_lib.parse_dataset("mqar/l192_kv8_voc20_k3_g4").config.pair_len == 8
     for bad in (
         "prompt_retention/d12",
         "prompt_retention/d64_f4_x3",

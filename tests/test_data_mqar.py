@@ -29,7 +29,8 @@ def built(tmp_path_factory):
 def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     tokens = np.asarray(ex["tokens"])
     mask = np.asarray(ex["loss_mask"])
-    k, span = config.key_tokens, config.key_tokens + 1
+    k, span = config.key_tokens, config.pair_len
+    value_at = k + config.value_gap
     keys = np.asarray(ex["keys"]).reshape(-1, k)
     values = np.asarray(ex["values"])
     qpos = np.asarray(ex["query_positions"])
@@ -41,7 +42,7 @@ def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     # Context: n distinct keys bound to n distinct values.
     context = tokens[: span * n].reshape(n, span)
     np.testing.assert_array_equal(context[:, :k], keys)
-    np.testing.assert_array_equal(context[:, k], values)
+    np.testing.assert_array_equal(context[:, value_at], values)
     assert len(key_set) == n and len(set(values.tolist())) == n
     assert (keys >= 1).all() and (keys < first_value).all()
     assert (values >= first_value).all()
@@ -64,11 +65,11 @@ def _check_example(ex: dict, config: mqar.MqarConfig) -> None:
     seen = [tuple(tokens[p : p + k].tolist()) for p in pair_starts]
     for p, key in zip(pair_starts, seen, strict=True):
         if key in binding:
-            assert tokens[p + k] == binding[key]
+            assert tokens[p + value_at] == binding[key]
     assert sum(key in binding for key in seen) == 2 * n  # distractor keys are never queried
     # The loss mask marks exactly the answer (value) tokens of the queries.
     expected = np.zeros_like(mask)
-    expected[qpos + k] = 1
+    expected[qpos + value_at] = 1
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -170,7 +171,26 @@ def test_multi_token_keys_share_their_tokens():
         assert set(distractor[:, slot].tolist()) == set(range(1, 10))
 
 
-@pytest.mark.parametrize("config", [TINY, MULTI], ids=["one-token", "three-token"])
+GAPPED = dataclasses.replace(MULTI, name="k3g4", seq_len=192, value_gap=4, distance=400)
+
+
+def test_value_gap_keeps_the_invariants():
+    for split in text_gen.SPLITS:
+        for i in range(20):
+            _check_example(mqar.make_example(GAPPED, split, i), GAPPED)
+    one_token = mqar.MqarConfig(name="g2", vocab_size=64, seq_len=96, num_kv_pairs=8, value_gap=2)
+    for i in range(5):
+        _check_example(mqar.make_example(one_token, "test", i), one_token)
+    # The gap holds filler (value ids), drawn afresh in every pair and query.
+    ex = mqar.make_example(GAPPED, "test", 0)
+    pairs = ex["tokens"][: 8 * GAPPED.num_kv_pairs].reshape(-1, 8)
+    assert (pairs[:, 3:7] >= GAPPED.first_value_id).all()
+    assert len({tuple(row) for row in pairs[:, 3:7].tolist()}) == GAPPED.num_kv_pairs
+
+
+@pytest.mark.parametrize(
+    "config", [TINY, MULTI, GAPPED], ids=["one-token", "three-token", "three-token-gap"]
+)
 def test_encode_record_cuts_after_the_pairs(config):
     # The ProSG and eval paths: the prompt is the pairs, each answer the value after its query.
     from prosg_jax.data.tokenizers import ByteTokenizer
@@ -178,7 +198,7 @@ def test_encode_record_cuts_after_the_pairs(config):
 
     ex = mqar.make_example(config, "validation", 1)
     out = encode_record(ex, dataset="mqar", tokenizer=ByteTokenizer())
-    span = config.key_tokens + 1
+    span = config.pair_len
     np.testing.assert_array_equal(out["prompt"], ex["tokens"][: span * config.num_kv_pairs])
     answers = out["cont"][out["answer_start"]]
     np.testing.assert_array_equal(np.sort(answers), np.sort(ex["values"]))
@@ -210,11 +230,15 @@ def test_one_token_keys_keep_their_examples():
         ({"distance": 7}, "even"),
         ({"vocab_size": 18, "num_kv_pairs": 8, "distance": 2}, "no unqueried key"),
         ({"key_tokens": 0}, "key_tokens"),
-        ({"key_tokens": 3, "seq_len": 130}, "multiple of key_tokens"),
+        ({"key_tokens": 3, "seq_len": 130}, "multiple of the pair length"),
+        ({"value_gap": -1}, "value_gap"),
+        ({"key_tokens": 3, "value_gap": 4, "seq_len": 128}, r"need seq_len >= 16 \* num_kv"),
+        ({"value_gap": 1, "seq_len": 130}, "multiple of the pair length"),
         ({"key_tokens": 3, "seq_len": 120, "num_kv_pairs": 16}, "too small for 16 pairs"),
         ({"key_tokens": 2, "vocab_size": 8, "num_kv_pairs": 10, "seq_len": 120}, "9 keys"),
         ({"key_tokens": 2, "vocab_size": 12, "num_kv_pairs": 10, "seq_len": 120}, "6 value ids"),
-        ({"key_tokens": 3, "distance": 6}, "multiple >= 0 of key_tokens"),
+        ({"key_tokens": 3, "distance": 6}, "multiple >= 0 of the pair length"),
+        ({"value_gap": 2, "distance": 6}, "multiple >= 0 of the pair length"),
         ({"key_tokens": 7, "vocab_size": 2**20, "seq_len": 256}, "int64"),
     ],
 )

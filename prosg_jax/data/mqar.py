@@ -39,8 +39,12 @@ first key token sits; its value follows the key).
 so a pair is `a b c v` and a query repeats `a b c` before its value. Keys are
 distinct as sequences but share tokens, so with few key ids (e.g. 9 ids, 3
 tokens) no single token tells which key it is: the model has to compose the
-key from several tokens, as it must for a name spelled in bytes. With one
-token per key the examples are exactly those of the plain layout.
+key from several tokens, as it must for a name spelled in bytes.
+`value_gap` puts that many filler tokens between a key and its value, in the
+pairs and the queries (`a b c x x x x v`): the model has to carry the key
+across them before it writes or reads the binding, as in a sentence, where
+" is " separates a name from its value. With one token per key and no gap the
+examples are exactly those of the plain layout.
 
 Known pitfall, handled: Zoology fills the non-query positions with tokens drawn
 from the whole vocabulary, keys included. Once answers are fed back as inputs
@@ -84,6 +88,8 @@ class MqarConfig(tfds.core.BuilderConfig):
       distance: Tokens of distractor bindings (a multiple of `key_tokens + 1`)
         between the context and the query slots (0 = Zoology's layout).
       key_tokens: Tokens per key (1 = Zoology's layout).
+      value_gap: Filler tokens between a key and its value, in the pairs and
+        the queries alike (0 = Zoology's layout).
       num_train: Examples in the train split.
       num_validation: Examples in the validation split.
       num_test: Examples in the test split.
@@ -96,21 +102,24 @@ class MqarConfig(tfds.core.BuilderConfig):
     power_a: float = 0.01
     distance: int = 0
     key_tokens: int = 1
+    value_gap: int = 0
     num_train: int = 100_000
     num_validation: int = 3_000
     num_test: int = 3_000
     seed: int = 0
 
     def __post_init__(self):
-        span = self.key_tokens + 1
+        span = self.pair_len
         if self.key_tokens < 1:
             raise ValueError(f"key_tokens must be >= 1, got {self.key_tokens}.")
+        if self.value_gap < 0:
+            raise ValueError(f"value_gap must be >= 0, got {self.value_gap}.")
         if self.num_kv_pairs < 1:
             raise ValueError(f"num_kv_pairs must be >= 1, got {self.num_kv_pairs}.")
         if self.seq_len % span:
             raise ValueError(
-                f"seq_len must be a multiple of key_tokens + 1 = {span} (even for one-token "
-                f"keys), got {self.seq_len}."
+                f"seq_len must be a multiple of the pair length key_tokens + value_gap + 1 = "
+                f"{span} (even for Zoology's pairs), got {self.seq_len}."
             )
         if self.seq_len < 2 * span * self.num_kv_pairs:
             raise ValueError(
@@ -143,12 +152,17 @@ class MqarConfig(tfds.core.BuilderConfig):
             raise ValueError(f"power_a must be > 0, got {self.power_a}.")
         if self.distance < 0 or self.distance % span:
             raise ValueError(
-                f"distance must be a multiple >= 0 of key_tokens + 1 = {span} (even for "
-                f"one-token keys: key-value pairs), got {self.distance}."
+                f"distance must be a multiple >= 0 of the pair length key_tokens + value_gap "
+                f"+ 1 = {span} (even for Zoology's pairs), got {self.distance}."
             )
         for split, n in self.split_sizes().items():
             if n < 0:
                 raise ValueError(f"num_{split} must be >= 0, got {n}.")
+
+    @property
+    def pair_len(self) -> int:
+        """Tokens per pair or query: the key's, the gap's, then the value."""
+        return self.key_tokens + self.value_gap + 1
 
     @property
     def num_keys(self) -> int:
@@ -220,9 +234,10 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
         raise ValueError(f"Unknown split {split!r}; expected one of {text_gen.SPLITS}.")
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}.")
-    # One-token keys leave key_tokens out of the seed: their examples stay those of
-    # the layout before key_tokens existed.
+    # Fields added after the first release enter the seed only when they differ from
+    # their defaults, so the examples of the plain layout keep their bytes.
     key_seed = () if config.key_tokens == 1 else (config.key_tokens,)
+    key_seed += ("value_gap", config.value_gap) if config.value_gap else ()
     seed = text_gen.example_seed(
         _NAME,
         _VERSION,
@@ -236,8 +251,9 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
         index,
     )
     rng = np.random.default_rng(seed)
-    n, k = config.num_kv_pairs, config.key_tokens
-    span = k + 1  # tokens per pair: the key's, then the value
+    n, k, g = config.num_kv_pairs, config.key_tokens, config.value_gap
+    span = config.pair_len
+    key_at, value_at = np.arange(k), k + g  # offsets in a pair; the gap keeps its filler
     first_value = config.first_value_id
     # A key is drawn as its index among all num_keys sequences of key ids.
     key_codes = rng.choice(config.num_keys, size=n, replace=False)
@@ -254,27 +270,28 @@ def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
     # Filler only from the value range: a key never appears outside its pair
     # and its query (see the module docstring).
     tokens = rng.integers(first_value, config.vocab_size, size=config.seq_len + 1)
-    pairs = np.concatenate([keys, values[:, None]], axis=1)  # [n, span]
-    tokens[:context] = pairs.reshape(-1)
-    tokens[query_positions[:, None] + np.arange(span)] = pairs
+    for starts in (span * np.arange(n), query_positions):
+        tokens[starts[:, None] + key_at] = keys
+        tokens[starts + value_at] = values
     loss_mask = np.zeros(config.seq_len + 1, dtype=np.uint8)
-    loss_mask[query_positions + k] = 1
+    loss_mask[query_positions + value_at] = 1
     if config.distance:
         # Drawn after everything else and not part of the seed: see the module docstring.
         # One uniform pair per binding keeps a shorter distractor a prefix of a longer one.
         # The key is uniform over the unqueried keys: the j-th code not in key_codes.
-        u = rng.random((config.distance // span, 2))
+        # Then the value and the gap's filler, uniform over the value range.
+        u = rng.random((config.distance // span, 2 + g))
         codes = (u[:, 0] * (config.num_keys - n)).astype(np.int64)
         for queried in np.sort(key_codes):
             codes += codes >= queried
-        gap = np.concatenate(
-            [
-                _key_ids(codes, k, first_value),
-                first_value + (u[:, 1:] * (config.vocab_size - first_value)).astype(np.int64),
-            ],
+        values_and_gap = first_value + (u[:, 1:] * (config.vocab_size - first_value)).astype(
+            np.int64
+        )
+        distractor = np.concatenate(
+            [_key_ids(codes, k, first_value), values_and_gap[:, 1:], values_and_gap[:, :1]],
             axis=1,
         ).reshape(-1)
-        tokens = np.concatenate([tokens[:context], gap, tokens[context:]])
+        tokens = np.concatenate([tokens[:context], distractor, tokens[context:]])
         loss_mask = np.concatenate(
             [loss_mask[:context], np.zeros(config.distance, np.uint8), loss_mask[context:]]
         )

@@ -11,8 +11,8 @@ generated on the fly (deterministically) into the data dir:
   names, e.g. ``prompt_retention/d1024_f4_b50``);
 * ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``,
   ``_d{distance}`` (filler between the pairs and the queries), ``_k{tokens}``
-  (tokens per key, e.g. ``mqar/l128_kv8_voc20_k3``), ``_n``, ``_val``,
-  ``_t``, ``_s``.
+  (tokens per key, e.g. ``mqar/l128_kv8_voc20_k3``), ``_g{tokens}`` (filler
+  between each key and its value), ``_n``, ``_val``, ``_t``, ``_s``.
 
 Example ``i`` of a split does not depend on the split sizes, so
 ``prompt_retention/d1024_f4_n0_val0_t96`` holds exactly the first 96 test
@@ -66,6 +66,7 @@ _MQAR_EXTRA = {
     "voc": "vocab_size",
     "d": "distance",
     "k": "key_tokens",
+    "g": "value_gap",
     "n": "num_train",
     "val": "num_validation",
     "t": "num_test",
@@ -119,8 +120,8 @@ def parse_dataset(name: str) -> DatasetSpec:
     grammar = (
         "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>][_b<percent>]"
         if dataset == "prompt_retention"
-        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_k<key tokens>][_n<train>][_val<n>]"
-        "[_t<test>][_s<seed>]"
+        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_k<key tokens>][_g<gap>][_n<train>]"
+        "[_val<n>][_t<test>][_s<seed>]"
     )
     m = base_re.match(config_name)
     rest = config_name[m.end() :] if m else ""
@@ -276,10 +277,12 @@ def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer)
     For ``mqar`` the prompt is the key-value context.
     """
     if dataset == "mqar":
-        # keys hold key_tokens ids per pair; a query's value follows its key's ids.
-        key_tokens = len(record["keys"]) // len(record["values"])
-        n = len(record["keys"]) + len(record["values"])
-        starts = np.asarray(record["query_positions"], np.int32) + key_tokens
+        # A query's value sits a fixed offset after its first key token (key_tokens
+        # + value_gap); a pair, like a query, is that offset + 1 tokens long.
+        queries = np.asarray(record["query_positions"], np.int32)
+        offset = int(np.flatnonzero(record["loss_mask"])[0]) - int(queries.min())
+        n = (offset + 1) * len(record["values"])
+        starts = queries + offset
         return _split_tokenized(record, n, starts, starts + 1, np.ones(len(starts), bool))
     prompt_text = _text(record["prompt"])
     is_fact = np.asarray([_text(k) == "fact" for k in record["answers"]["kind"]], bool)

@@ -16,9 +16,11 @@ bytes of each fact's value (no answer delimiters):
   and how many first-byte errors repeat an *earlier* question's answer: a
   model that answers by elimination (a value not yet given) is right on the
   last question whatever its key, and almost never repeats an earlier answer.
-  Beside each position, the accuracy of a reader that ignores the names: it
-  knows the value's kind (code or word, from the attribute) and which facts
-  were asked already, and picks among the rest of that kind at random.
+  Beside each position, the accuracy of two readers that ignore the names:
+  both know which facts were asked already and pick at random among the
+  rest that fit; the *nameless* reader knows only the value's kind (code or
+  word, which the attribute gives), the *attribute* reader knows the
+  attribute itself ("boat"), i.e. it binds attributes to values.
   Also the most frequent prediction (teacher-forced bytes) for a code.
 - ``restated``: after the distractor, each fact's own sentence is repeated
   up to its value ("Nerex's boat is "), the cue a copying (induction)
@@ -71,36 +73,44 @@ def mean_cosine(emb: np.ndarray, ids: np.ndarray) -> float:
 
 
 def by_position(examples, rows, pred: np.ndarray, tokens: np.ndarray) -> str:
-    """First-byte accuracy of the question rows by position, beside the nameless reader's.
+    """First-byte accuracy of the question rows by position, beside two name-blind readers.
 
-    The nameless reader knows each value's kind (digits or letters) and which
-    facts were asked before, and picks uniformly among the rest of that kind.
+    Both readers know which facts were asked before and pick uniformly among
+    the rest that fit: of the value's kind (digits or letters, the nameless
+    reader) or with the question's attribute (the attribute reader).
     Also counts the first-byte errors that repeat an earlier question's answer.
     """
-    model, nameless = collections.defaultdict(list), collections.defaultdict(list)
+    model = collections.defaultdict(list)
+    readers = {
+        "nameless": collections.defaultdict(list),
+        "attribute": collections.defaultdict(list),
+    }
     repeats = errors = 0
     for i, (example, (_, spans)) in enumerate(zip(examples, rows, strict=True)):
+        facts = list(zip(example["facts"]["value"], example["facts"]["attribute"], strict=True))
+        attribute_of = dict(facts)
         for position, (start, _, value) in enumerate(spans):
             right = bool(pred[i, start - 1] == tokens[i, start])
             earlier_starts = [s for s, *_ in spans[:position]]
-            asked = [v for *_, v in spans[:position]]
-            same_kind = [
-                v
-                for v in example["facts"]["value"]
-                if v not in asked and v.isdigit() == value.isdigit()
-            ]
+            rest = [(v, a) for v, a in facts if v not in {v for *_, v in spans[:position]}]
+            same_kind = [v for v, _ in rest if v.isdigit() == value.isdigit()]
+            same_attribute = [v for v, a in rest if a == attribute_of[value]]
             model[position].append(right)
-            nameless[position].append(1 / len(same_kind))
+            readers["nameless"][position].append(1 / len(same_kind))
+            readers["attribute"][position].append(1 / len(same_attribute))
             errors += not right
             repeats += not right and pred[i, start - 1] in tokens[i, earlier_starts]
-    cells = ", ".join(
-        f"#{p + 1} {np.mean(model[p]):.1%} ({np.mean(nameless[p]):.1%})" for p in sorted(model)
-    )
-    overall = [np.mean(sum(d.values(), [])) for d in (model, nameless)]
+
+    def cells(by_pos) -> str:
+        overall = np.mean(sum(by_pos.values(), []))
+        return ", ".join(f"#{p + 1} {np.mean(by_pos[p]):.1%}" for p in sorted(by_pos)) + (
+            f", all {overall:.1%}"
+        )
+
     return (
-        f"questions, first byte right by position (a reader ignoring names): {cells}; "
-        f"all {overall[0]:.1%} ({overall[1]:.1%}); "
-        f"errors that repeat an earlier answer's first byte: {repeats}/{errors}"
+        f"questions, first byte right by position: {cells(model)}\n"
+        + "".join(f"  {name} reader: {cells(r)}\n" for name, r in readers.items())
+        + f"errors that repeat an earlier answer's first byte: {repeats}/{errors}"
     )
 
 
