@@ -85,7 +85,7 @@ class MqarConfig(tfds.core.BuilderConfig):
       num_kv_pairs: Key-value pairs in the context; each is queried once.
       power_a: Power-law parameter of the query gap distribution (1.0 is
         uniform, Zoology uses 0.01).
-      distance: Tokens of distractor bindings (a multiple of `key_tokens + 1`)
+      distance: Tokens of distractor bindings (a multiple of `pair_len`)
         between the context and the query slots (0 = Zoology's layout).
       key_tokens: Tokens per key (1 = Zoology's layout).
       value_gap: Filler tokens between a key and its value, in the pairs and

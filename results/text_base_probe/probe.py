@@ -92,7 +92,8 @@ def by_position(examples, rows, pred: np.ndarray, tokens: np.ndarray) -> str:
         for position, (start, _, value) in enumerate(spans):
             right = bool(pred[i, start - 1] == tokens[i, start])
             earlier_starts = [s for s, *_ in spans[:position]]
-            rest = [(v, a) for v, a in facts if v not in {v for *_, v in spans[:position]}]
+            asked = {v for *_, v in spans[:position]}
+            rest = [(v, a) for v, a in facts if v not in asked]
             same_kind = [v for v, _ in rest if v.isdigit() == value.isdigit()]
             same_attribute = [v for v, a in rest if a == attribute_of[value]]
             model[position].append(right)
