@@ -1,21 +1,37 @@
-"""Gapped MQAR from scratch, with an optional causal convolution over the input.
+"""Gapped MQAR from scratch: which changes make binding across a gap learnable?
 
-    python results/text_base_probe/gap_train.py GAP STEPS WIDTH [SEED]
+    python results/text_base_probe/gap_train.py GAP STEPS [WIDTH [SEED]]
+        [--head-size N] [--layers L] [--d-model C] [--separator] [--requery] [--echo K]
+        [--save PATH]
 
 Trains the 2-layer C = 64 RWKV-7 of ``configs/mqar_distance_cpu.py`` (byte
-vocabulary, 2 heads of 32) from scratch on ``mqar/l192_kv8_voc20_g<GAP>``
-(one example per row, batch 32, loss on the answers, AdamW at lr 3e-3 after a
-100-step warmup, global-norm clip 1) and prints the validation answer
-accuracy of the first 256 examples every 200 steps; chance is 10%. With
-``WIDTH`` > 0 the input embeddings get a causal depthwise convolution,
-``x_t + sum_j c_j * x_{t-1-j}`` for j < WIDTH, zero-initialised: not RWKV-7,
-a test of whether seeing further back than the token shift helps. The loop is
-its own (not ``train.py``) because the convolution is not part of the model.
+vocabulary, 2 heads of 32; or C / N heads, L layers) from scratch on
+``mqar/l192_kv8_voc20_g<GAP>`` (one example per row, batch 32, loss on the
+answers, AdamW at lr 3e-3 after a 100-step warmup, global-norm clip 1) and
+prints the validation answer accuracy of the first 256 examples every 200
+steps. Chance is 10%; a model that knows the prompt's values and eliminates
+those already answered, without binding any key, gets 34.0% (see
+``mqar_gap.py``). The variants, one at a time:
+
+- ``WIDTH`` > 0: the input embeddings get a causal depthwise convolution,
+  ``x_t + sum_j c_j * x_{t-1-j}`` for j < WIDTH, zero-initialised: not
+  RWKV-7, a test of whether seeing further back than the token shift helps.
+- ``--separator``: the gap holds the padding id 0, the same in every pair and
+  query, like the fixed " is " of the text, instead of random value ids.
+- ``--echo K``: K of each batch's 32 rows are delayed-copy rows (see
+  ``echo_batch``) instead of MQAR; the accuracy on 256 such rows is printed
+  too.
+- ``--requery``: each query asks a key drawn with replacement from the
+  prompt's, so that eliminating the values already answered no longer pays
+  (a reader that knows the values but no key gets 1 / 8).
+
+The loop is its own (not ``train.py``) because the convolution is not part of
+the model and the two data variants are not ``mqar`` builder options.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import jax
@@ -23,20 +39,32 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prosg_jax.checkpoint import save_rwkv
 from prosg_jax.config import RWKVConfig
 from prosg_jax.data import mqar
 from prosg_jax.models import rwkv7
 from prosg_jax.models.layers import TargetHooks, layer_norm
 from prosg_jax.models.lm import init_params, init_state
 
-CFG = RWKVConfig.rwkv7(vocab_size=258, d_model=64, n_layer=2, head_size=32)
 
-
-def batch(config: mqar.MqarConfig, split: str, indices):
-    """``(inputs, targets, answer mask)`` of those examples."""
-    examples = [mqar.make_example(config, split, int(i)) for i in indices]
-    tokens = np.stack([e["tokens"] for e in examples])
-    mask = np.stack([e["loss_mask"] for e in examples])
+def batch(config: mqar.MqarConfig, split: str, indices, *, separator: bool, requery: bool):
+    """``(inputs, targets, answer mask)`` of those examples, with the variants applied."""
+    rows, masks = [], []
+    n, k, g = config.num_kv_pairs, config.key_tokens, config.value_gap
+    pairs = config.pair_len * np.arange(n)
+    for i in indices:
+        e = mqar.make_example(config, split, int(i))
+        tokens, queries = e["tokens"].copy(), e["query_positions"]
+        if requery:  # seeded by the example (offset from its own stream): validation stays fixed
+            pick = np.random.default_rng(int(e["seed"]) + 12345).integers(0, n, size=n)
+            tokens[queries] = tokens[pairs][pick]
+            tokens[queries + k + g] = tokens[pairs + k + g][pick]
+        if separator:
+            for j in range(g):
+                tokens[np.concatenate([pairs, queries]) + k + j] = 0
+        rows.append(tokens)
+        masks.append(e["loss_mask"])
+    tokens, mask = np.stack(rows), np.stack(masks)
     return (
         jnp.asarray(tokens[:, :-1]),
         jnp.asarray(tokens[:, 1:]),
@@ -44,7 +72,32 @@ def batch(config: mqar.MqarConfig, split: str, indices):
     )
 
 
-def logits_fn(params, tokens, width: int):
+def echo_batch(config: mqar.MqarConfig, rng: np.random.Generator, rows: int, *, separator: bool):
+    """Delayed-copy rows: blocks ``k x .. x k``, with the loss on the repeated key.
+
+    The filler ``x`` is that of the MQAR rows (random value ids, or 0 with
+    ``separator``). These rows reward the first thing that binding across the
+    gap needs, the key from ``value_gap + 1`` tokens back, with a loss on
+    every block and no binding to learn.
+    """
+    span = config.value_gap + 2
+    blocks = (config.seq_len + 1) // span
+    keys = rng.integers(1, config.first_value_id, size=(rows, blocks))
+    filler = rng.integers(config.first_value_id, config.vocab_size, size=(rows, blocks * span))
+    tokens = np.zeros((rows, config.seq_len + 1), np.int32)
+    tokens[:, : blocks * span] = 0 if separator else filler
+    mask = np.zeros_like(tokens)
+    starts = span * np.arange(blocks)
+    tokens[:, starts], tokens[:, starts + span - 1] = keys, keys
+    mask[:, starts + span - 1] = 1
+    return (
+        jnp.asarray(tokens[:, :-1]),
+        jnp.asarray(tokens[:, 1:]),
+        jnp.asarray(mask[:, 1:], jnp.float32),
+    )
+
+
+def logits_fn(cfg: RWKVConfig, params, tokens, width: int):
     """The model's forward, with the input convolution when ``width`` > 0."""
     x = layer_norm(jnp.take(params["emb"]["weight"], tokens, axis=0), params["ln0"])
     if width:  # zeros before the start of the row
@@ -54,25 +107,43 @@ def logits_fn(params, tokens, width: int):
         )
     hooks, v_first = TargetHooks(), None
     for i, (p, s) in enumerate(
-        zip(params["blocks"], init_state(CFG, tokens.shape[0]), strict=True)
+        zip(params["blocks"], init_state(cfg, tokens.shape[0]), strict=True)
     ):
-        x, _, v_first = rwkv7.block(CFG, i, p, x, s, reset=None, hooks=hooks, v_first=v_first)
+        x, _, v_first = rwkv7.block(cfg, i, p, x, s, reset=None, hooks=hooks, v_first=v_first)
     return layer_norm(x, params["ln_out"]) @ params["head"]["weight"].T
 
 
 def main() -> None:
-    gap, steps, width = (int(a) for a in sys.argv[1:4])
-    seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("gap", type=int)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("width", type=int, nargs="?", default=0)
+    ap.add_argument("seed", type=int, nargs="?", default=0)
+    ap.add_argument("--head-size", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--separator", action="store_true")
+    ap.add_argument("--requery", action="store_true")
+    ap.add_argument("--echo", type=int, default=0, metavar="K")
+    ap.add_argument("--save", metavar="PATH", help="write the trained base here (.safetensors)")
+    args = ap.parse_args()
+    if args.save and args.width:
+        ap.error("--save needs WIDTH 0: the convolution is not part of RWKV-7")
+    gap, steps, width, seed = args.gap, args.steps, args.width, args.seed
+    cfg = RWKVConfig.rwkv7(
+        vocab_size=258, d_model=args.d_model, n_layer=args.layers, head_size=args.head_size
+    )
     config = mqar.MqarConfig(name="g", vocab_size=20, seq_len=192, num_kv_pairs=8, value_gap=gap)
+    variants = {"separator": args.separator, "requery": args.requery}
 
     def loss_fn(params, tokens, targets, mask):
-        logp = jax.nn.log_softmax(logits_fn(params, tokens, width))
+        logp = jax.nn.log_softmax(logits_fn(cfg, params, tokens, width))
         nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
         return (nll * mask).sum() / mask.sum()
 
-    params = init_params(jax.random.key(seed), CFG)
+    params = init_params(jax.random.key(seed), cfg)
     if width:
-        params["conv"] = jnp.zeros((width, CFG.d_model))
+        params["conv"] = jnp.zeros((width, cfg.d_model))
     lr = optax.join_schedules(
         [optax.linear_schedule(0, 3e-3, 100), optax.constant_schedule(3e-3)], [100]
     )
@@ -87,22 +158,33 @@ def main() -> None:
 
     @jax.jit
     def accuracy(params, tokens, targets, mask):
-        hit = logits_fn(params, tokens, width).argmax(-1) == targets
+        hit = logits_fn(cfg, params, tokens, width).argmax(-1) == targets
         return (hit * mask).sum() / mask.sum()
 
-    rng = np.random.default_rng(seed)
-    validation = batch(config, "validation", range(256))
+    rng, echo_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    validation = batch(config, "validation", range(256), **variants)
+    echo_validation = echo_batch(
+        config, np.random.default_rng([seed, 2]), 256, separator=args.separator
+    )
     start = time.time()
     for s in range(1, steps + 1):
-        params, opt_state, loss = step(
-            params, opt_state, *batch(config, "train", rng.integers(0, 20000, 32))
-        )
+        rows = batch(config, "train", rng.integers(0, 20000, 32)[args.echo :], **variants)
+        if args.echo:
+            echo = echo_batch(config, echo_rng, args.echo, separator=args.separator)
+            rows = tuple(jnp.concatenate(pair) for pair in zip(echo, rows, strict=True))
+        params, opt_state, loss = step(params, opt_state, *rows)
         if s % 200 == 0:
+            echo_acc = (
+                f", echo {float(accuracy(params, *echo_validation)):.1%}" if args.echo else ""
+            )
             print(
-                f"gap {gap} width {width} seed {seed} step {s}: loss {float(loss):.3f} "
-                f"val acc {float(accuracy(params, *validation)):.1%} ({time.time() - start:.0f} s)",
+                f"{vars(args)} step {s}: "
+                f"loss {float(loss):.3f} val acc {float(accuracy(params, *validation)):.1%}"
+                f"{echo_acc} ({time.time() - start:.0f} s)",
                 flush=True,
             )
+    if args.save:
+        save_rwkv(args.save, cfg, params)
 
 
 if __name__ == "__main__":
