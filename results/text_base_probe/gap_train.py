@@ -59,12 +59,15 @@ def batch(config: mqar.MqarConfig, split: str, indices, *, separator: bool, requ
             pick = np.random.default_rng(int(e["seed"]) + 12345).integers(0, n, size=n)
             tokens[queries] = tokens[pairs][pick]
             tokens[queries + k + g] = tokens[pairs + k + g][pick]
-        if separator:
-            for j in range(g):
-                tokens[np.concatenate([pairs, queries]) + k + j] = 0
+        if separator:  # every gap position after each key, in the pairs and the queries
+            tokens[(np.concatenate([pairs, queries]) + k)[:, None] + np.arange(g)] = 0
         rows.append(tokens)
         masks.append(e["loss_mask"])
-    tokens, mask = np.stack(rows), np.stack(masks)
+    return shifted(np.stack(rows), np.stack(masks))
+
+
+def shifted(tokens: np.ndarray, mask: np.ndarray):
+    """Rows of ``seq_len + 1`` tokens -> ``(inputs, next-token targets, target loss mask)``."""
     return (
         jnp.asarray(tokens[:, :-1]),
         jnp.asarray(tokens[:, 1:]),
@@ -90,11 +93,7 @@ def echo_batch(config: mqar.MqarConfig, rng: np.random.Generator, rows: int, *, 
     starts = span * np.arange(blocks)
     tokens[:, starts], tokens[:, starts + span - 1] = keys, keys
     mask[:, starts + span - 1] = 1
-    return (
-        jnp.asarray(tokens[:, :-1]),
-        jnp.asarray(tokens[:, 1:]),
-        jnp.asarray(mask[:, 1:], jnp.float32),
-    )
+    return shifted(tokens, mask)
 
 
 def logits_fn(cfg: RWKVConfig, params, tokens, width: int):
@@ -168,6 +167,7 @@ def main() -> None:
     )
     start = time.time()
     for s in range(1, steps + 1):
+        # 32 indices drawn either way, so the MQAR rows follow the same stream with --echo.
         rows = batch(config, "train", rng.integers(0, 20000, 32)[args.echo :], **variants)
         if args.echo:
             echo = echo_batch(config, echo_rng, args.echo, separator=args.separator)
