@@ -1,8 +1,8 @@
-"""Gapped MQAR from scratch: which changes make binding across a gap learnable?
+"""Gapped MQAR: which changes make binding across a gap learnable?
 
     python results/text_base_probe/gap_train.py GAP STEPS [WIDTH [SEED]]
         [--head-size N] [--layers L] [--d-model C] [--separator] [--requery] [--echo K]
-        [--save PATH]
+        [--digits K] [--init PATH] [--save PATH]
 
 Trains the 2-layer C = 64 RWKV-7 of ``configs/mqar_distance_cpu.py`` (byte
 vocabulary, 2 heads of 32; or C / N heads, L layers) from scratch on
@@ -11,7 +11,7 @@ answers, AdamW at lr 3e-3 after a 100-step warmup, global-norm clip 1) and
 prints the validation answer accuracy of the first 256 examples every 200
 steps. Chance is 10%; a model that knows the prompt's values and eliminates
 those already answered, without binding any key, gets 34.0% (see
-``mqar_gap.py``). The variants, one at a time:
+``mqar_gap.py``). The variants, which combine:
 
 - ``WIDTH`` > 0: the input embeddings get a causal depthwise convolution,
   ``x_t + sum_j c_j * x_{t-1-j}`` for j < WIDTH, zero-initialised: not
@@ -21,12 +21,20 @@ those already answered, without binding any key, gets 34.0% (see
 - ``--echo K``: K of each batch's 32 rows are delayed-copy rows (see
   ``echo_batch``) instead of MQAR; the accuracy on 256 such rows is printed
   too.
+- ``--digits K``: K of each batch's rows are rows of
+  ``mqar/l128_kv8_voc100`` (one-token keys, no gap, values over byte ids
+  50-99, which hold the ten digits; the warm-up of
+  ``pretrained/tiny_rwkv7_mqar_base.sh``), padded to the row length; the
+  accuracy on 256 validation rows is printed too.
 - ``--requery``: each query asks a key drawn with replacement from the
   prompt's, so that eliminating the values already answered no longer pays
   (a reader that knows the values but no key gets 1 / 8).
 
-The loop is its own (not ``train.py``) because the convolution is not part of
-the model and the two data variants are not ``mqar`` builder options.
+``--init PATH`` starts from a saved base of the same shape instead of a fresh
+one (``--save`` writes one), and prints its scores at step 0 first: with
+``STEPS`` 0 the script only scores that base. The loop is its own (not
+``train.py``) because the convolution is not part of the model and the data
+variants are not ``mqar`` builder options.
 """
 
 from __future__ import annotations
@@ -39,12 +47,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prosg_jax.checkpoint import save_rwkv
+from prosg_jax.checkpoint import load_rwkv, save_rwkv
 from prosg_jax.config import RWKVConfig
 from prosg_jax.data import mqar
 from prosg_jax.models import rwkv7
 from prosg_jax.models.layers import TargetHooks, layer_norm
 from prosg_jax.models.lm import init_params, init_state
+
+# The digit-copy rows of ``--digits``: the warm-up dataset of pretrained/tiny_rwkv7_mqar_base.sh
+# (the same examples: the seed ignores the train-split size).
+DIGITS = mqar.MqarConfig(name="digits", vocab_size=100, seq_len=128, num_kv_pairs=8)
 
 
 def batch(config: mqar.MqarConfig, split: str, indices, *, separator: bool, requery: bool):
@@ -96,6 +108,16 @@ def echo_batch(config: mqar.MqarConfig, rng: np.random.Generator, rows: int, *, 
     return shifted(tokens, mask)
 
 
+def digits_batch(indices, split: str, row_len: int):
+    """Rows of ``mqar/l128_kv8_voc100`` (``split``), zero-padded to ``row_len + 1`` tokens."""
+    tokens = np.zeros((len(indices), row_len + 1), np.int32)
+    mask = np.zeros_like(tokens)
+    for row, i in enumerate(indices):
+        e = mqar.make_example(DIGITS, split, int(i))
+        tokens[row, : e["tokens"].size], mask[row, : e["tokens"].size] = e["tokens"], e["loss_mask"]
+    return shifted(tokens, mask)
+
+
 def logits_fn(cfg: RWKVConfig, params, tokens, width: int):
     """The model's forward, with the input convolution when ``width`` > 0."""
     x = layer_norm(jnp.take(params["emb"]["weight"], tokens, axis=0), params["ln0"])
@@ -124,10 +146,14 @@ def main() -> None:
     ap.add_argument("--separator", action="store_true")
     ap.add_argument("--requery", action="store_true")
     ap.add_argument("--echo", type=int, default=0, metavar="K")
+    ap.add_argument("--digits", type=int, default=0, metavar="K")
+    ap.add_argument("--init", metavar="PATH", help="start from this base (.safetensors)")
     ap.add_argument("--save", metavar="PATH", help="write the trained base here (.safetensors)")
     args = ap.parse_args()
-    if args.save and args.width:
-        ap.error("--save needs WIDTH 0: the convolution is not part of RWKV-7")
+    if (args.save or args.init) and args.width:
+        ap.error("--save and --init need WIDTH 0: the convolution is not part of RWKV-7")
+    if args.echo + args.digits > 31:
+        ap.error("--echo plus --digits must leave at least one of the 32 rows to MQAR")
     gap, steps, width, seed = args.gap, args.steps, args.width, args.seed
     cfg = RWKVConfig.rwkv7(
         vocab_size=258, d_model=args.d_model, n_layer=args.layers, head_size=args.head_size
@@ -141,6 +167,10 @@ def main() -> None:
         return (nll * mask).sum() / mask.sum()
 
     params = init_params(jax.random.key(seed), cfg)
+    if args.init:
+        loaded_cfg, params = load_rwkv(args.init)
+        if loaded_cfg != cfg:
+            ap.error(f"--init {args.init}: its model {loaded_cfg} is not the one asked for {cfg}")
     if width:
         params["conv"] = jnp.zeros((width, cfg.d_model))
     lr = optax.join_schedules(
@@ -165,24 +195,34 @@ def main() -> None:
     echo_validation = echo_batch(
         config, np.random.default_rng([seed, 2]), 256, separator=args.separator
     )
+    digits_rng = np.random.default_rng([seed, 3])
+    digits_validation = digits_batch(range(256), "validation", config.seq_len)
+    held_out = [("val acc", validation, True), ("echo", echo_validation, args.echo)]
+    held_out.append(("digits", digits_validation, args.digits))
+
+    def report(s: int, loss: str) -> None:
+        scores = ", ".join(
+            f"{name} {float(accuracy(params, *rows)):.1%}" for name, rows, on in held_out if on
+        )
+        print(f"{vars(args)} step {s}: {loss}{scores} ({time.time() - start:.0f} s)", flush=True)
+
     start = time.time()
+    if args.init:  # where the loaded base starts, on every held-out set asked for
+        report(0, "")
     for s in range(1, steps + 1):
         # 32 indices drawn either way, so the MQAR rows follow the same stream with --echo.
-        rows = batch(config, "train", rng.integers(0, 20000, 32)[args.echo :], **variants)
+        extra = args.echo + args.digits
+        parts = [batch(config, "train", rng.integers(0, 20000, 32)[extra:], **variants)]
         if args.echo:
-            echo = echo_batch(config, echo_rng, args.echo, separator=args.separator)
-            rows = tuple(jnp.concatenate(pair) for pair in zip(echo, rows, strict=True))
+            parts.insert(0, echo_batch(config, echo_rng, args.echo, separator=args.separator))
+        if args.digits:
+            parts.insert(
+                0, digits_batch(digits_rng.integers(0, 20000, args.digits), "train", config.seq_len)
+            )
+        rows = tuple(jnp.concatenate(pair) for pair in zip(*parts, strict=True))
         params, opt_state, loss = step(params, opt_state, *rows)
         if s % 200 == 0:
-            echo_acc = (
-                f", echo {float(accuracy(params, *echo_validation)):.1%}" if args.echo else ""
-            )
-            print(
-                f"{vars(args)} step {s}: "
-                f"loss {float(loss):.3f} val acc {float(accuracy(params, *validation)):.1%}"
-                f"{echo_acc} ({time.time() - start:.0f} s)",
-                flush=True,
-            )
+            report(s, f"loss {float(loss):.3f} ")
     if args.save:
         save_rwkv(args.save, cfg, params)
 
