@@ -166,11 +166,12 @@ def main() -> None:
         nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
         return (nll * mask).sum() / mask.sum()
 
-    params = init_params(jax.random.key(seed), cfg)
     if args.init:
         loaded_cfg, params = load_rwkv(args.init)
         if loaded_cfg != cfg:
             ap.error(f"--init {args.init}: its model {loaded_cfg} is not the one asked for {cfg}")
+    else:
+        params = init_params(jax.random.key(seed), cfg)
     if width:
         params["conv"] = jnp.zeros((width, cfg.d_model))
     lr = optax.join_schedules(
@@ -196,22 +197,24 @@ def main() -> None:
         config, np.random.default_rng([seed, 2]), 256, separator=args.separator
     )
     digits_rng = np.random.default_rng([seed, 3])
-    digits_validation = digits_batch(range(256), "validation", config.seq_len)
-    held_out = [("val acc", validation, True), ("echo", echo_validation, args.echo)]
-    held_out.append(("digits", digits_validation, args.digits))
+    held_out = [("val acc", validation)]
+    if args.echo:
+        held_out.append(("echo", echo_validation))
+    if args.digits:
+        held_out.append(("digits", digits_batch(range(256), "validation", config.seq_len)))
 
     def report(s: int, loss: str) -> None:
         scores = ", ".join(
-            f"{name} {float(accuracy(params, *rows)):.1%}" for name, rows, on in held_out if on
+            f"{name} {float(accuracy(params, *rows)):.1%}" for name, rows in held_out
         )
         print(f"{vars(args)} step {s}: {loss}{scores} ({time.time() - start:.0f} s)", flush=True)
 
     start = time.time()
     if args.init:  # where the loaded base starts, on every held-out set asked for
         report(0, "")
+    extra = args.echo + args.digits
     for s in range(1, steps + 1):
         # 32 indices drawn either way, so the MQAR rows follow the same stream with --echo.
-        extra = args.echo + args.digits
         parts = [batch(config, "train", rng.integers(0, 20000, 32)[extra:], **variants)]
         if args.echo:
             parts.insert(0, echo_batch(config, echo_rng, args.echo, separator=args.separator))
