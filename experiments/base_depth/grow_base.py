@@ -5,7 +5,7 @@ attention output and FFN value matrices), so the grown model computes exactly
 what the trained one did, and further training can use the new depth without
 first relearning what the old blocks know.
 
-Usage: python pretrained/grow_base.py IN.safetensors OUT.safetensors N_LAYER [SEED]
+Usage: python experiments/base_depth/grow_base.py IN.safetensors OUT.safetensors N_LAYER [SEED]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import prosg_jax as pj  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Recall by question position, through the public API: names or elimination?
 
-    python results/text_base_probe/positions.py SOURCE [--method M] [--distances 64,4096]
+    python experiments/text_base_probe/positions.py SOURCE [--method M] [--distances 64,4096]
         [--distractor-facts 0] [--n 32] [--single]
 
 ``SOURCE`` is a ``train.py`` workdir (``pj.load_run``) or a base

@@ -1,6 +1,6 @@
 """Can a base bind a key to a value that does not follow it? MQAR recall by key-value gap.
 
-    python results/text_base_probe/mqar_gap.py BASE [BASE ...] [--n 256]
+    python experiments/text_base_probe/mqar_gap.py BASE [BASE ...] [--n 256]
 
 Scores each ``BASE`` teacher-forced on the first ``--n`` validation examples of
 ``mqar/l192_kv8_voc20_g<m>`` for gaps m = 0, 1, 2, 4: 8 one-token keys (ids

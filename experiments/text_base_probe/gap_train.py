@@ -1,6 +1,6 @@
 """Gapped MQAR: which changes make binding across a gap learnable?
 
-    python results/text_base_probe/gap_train.py GAP STEPS [WIDTH [SEED]]
+    python experiments/text_base_probe/gap_train.py GAP STEPS [WIDTH [SEED]]
         [--head-size N] [--layers L] [--d-model C] [--separator] [--requery] [--echo K]
         [--digits K] [--init PATH] [--save PATH]
 

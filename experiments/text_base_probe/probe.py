@@ -1,6 +1,6 @@
 """Where the text base's recall fails: per-byte accuracy of the facts' values.
 
-    python results/text_base_probe/probe.py [--base B] [--facts 4] [--distance 64] [--n 64]
+    python experiments/text_base_probe/probe.py [--base B] [--facts 4] [--distance 64] [--n 64]
                                             [--split validation]
 
 Scores the base LM alone (no ProSG), teacher-forced, on the first ``--n``

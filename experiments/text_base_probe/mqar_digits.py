@@ -1,6 +1,6 @@
 """Can a base copy a digit at all? MQAR recall split by the kind of value.
 
-    python results/text_base_probe/mqar_digits.py BASE [--n 256]
+    python experiments/text_base_probe/mqar_digits.py BASE [--n 256]
 
 Scores ``BASE`` teacher-forced on the first ``--n`` validation examples of
 ``mqar/l128_kv8_voc100`` (keys are ids 1-49, values ids 50-99: byte ids, so the

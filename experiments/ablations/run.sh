@@ -1,7 +1,7 @@
 #!/bin/bash
 # Ablations of a ProSG run, each row one config override on top of CONFIG.
 #
-#   bash results/ablations/run.sh [CONFIG [WORKROOT]]   # writes results/ablations/CONFIG.md
+#   bash experiments/ablations/run.sh [CONFIG [WORKROOT]]   # writes results/ablations/CONFIG.md
 #
 # CONFIG=tiny_cpu (the default; ~1 h on 2 CPU cores): every row trains the SG
 #   module for STEPS steps (default 200, a quarter of the default run's) on the
@@ -96,7 +96,7 @@ ppl = os.environ["PPL"].split("|")
 print(f"# Ablations of `configs/{config}.py`'s ProSG stage ({steps} SG steps each)\n")
 print(os.environ["INTRO"])
 print("Teacher-forced, mean ± std over 3 seeds x 16 examples; "
-      f"`bash results/ablations/run.sh {config}`, 2 CPU cores.\n")
+      f"`bash experiments/ablations/run.sh {config}`, 2 CPU cores.\n")
 print(f"| variant | override | {' | '.join(c[0] for c in cols)} | {ppl[0]} |")
 print("|---" * (len(cols) + 3) + "|")
 label = {"none": "base model alone (method none)", "repeat_prompt": "repeat_prompt"}
