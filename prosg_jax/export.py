@@ -7,7 +7,8 @@
   converted to ``.pth``, by the reference ``rwkv`` package;
 * ``prosg.safetensors`` — the SG module, one tensor per leaf under
   ``"<target>/<leaf path>"`` (e.g. ``"blocks.0.att.value/ln/weight"``);
-* ``run.json`` — the model and ProSG configs, the tokenizer and the stages done.
+* ``run.json`` — the model and ProSG configs, the tokenizer, the stages done
+  and the environment that wrote it (:func:`prosg_jax.provenance.environment`).
 
 All three are written atomically (temporary file, then rename).
 """
@@ -84,14 +85,34 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
-def run_info(model_cfg: RWKVConfig, prosg_cfg: ProSGConfig, tokenizer: str, stages) -> dict:
-    """The ``run.json`` contents."""
-    return {
+def run_info(
+    model_cfg: RWKVConfig,
+    prosg_cfg: ProSGConfig,
+    tokenizer: str,
+    stages,
+    *,
+    environment: dict | None = None,
+) -> dict:
+    """The ``run.json`` contents.
+
+    Args:
+      model_cfg: the base model's config.
+      prosg_cfg: the ProSG config.
+      tokenizer: the tokenizer's name.
+      stages: the training stages done so far.
+      environment: :func:`prosg_jax.provenance.environment` of the writing
+        process, stored under ``"environment"``; omitted when None. Readers
+        never require it (run.json files written before it existed lack it).
+    """
+    info = {
         "model": dataclasses.asdict(model_cfg),
         "prosg": dataclasses.asdict(prosg_cfg),
         "tokenizer": tokenizer,
         "stages_done": list(stages),
     }
+    if environment is not None:
+        info["environment"] = environment
+    return info
 
 
 def read_run_info(workdir: str | Path) -> dict | None:

@@ -254,3 +254,19 @@ def test_unknown_config_name_raises():
         build.make_builder("mqar/l100_kv3")
     with pytest.raises(SystemExit):  # The CLI reports it in one line.
         build.main(["mqar/l100_kv3"])
+
+
+def test_generation_prints_our_line_not_tfds_unknown_sizes(tmp_path, capfd):
+    from prosg_jax.train import data as data_lib
+
+    name = "mqar/l64_kv4_voc128_n16_val4_t0"
+    spec = data_lib.parse_dataset(name)
+    data_lib.prepare(spec, str(tmp_path))
+    out, err = capfd.readouterr()
+    where = tmp_path / name / "1.0.0"
+    assert f"Generating {name} (train 16 / validation 4 examples) into {where}" in err.splitlines()
+    assert "Unknown size" not in out + err
+    assert "downloaded and prepared" not in out + err
+    data_lib.prepare(spec, str(tmp_path))  # Already on disk: reused, silently.
+    out, err = capfd.readouterr()
+    assert "Generating" not in out + err

@@ -41,6 +41,9 @@ def test_base_and_prosg_stages_write_a_run_that_load_run_reads(trained_run):
         assert m["tokens_per_s"] > 0 and m["lr"] > 0
     assert sorted(os.listdir(workdir / "checkpoints")) == ["base", "prosg"]
     assert list((workdir / "tensorboard" / "prosg").iterdir())  # event files
+    env = json.loads((workdir / "run.json").read_text())["environment"]
+    assert env["packages"]["jax"] == jax.__version__
+    assert env["jax"]["backend"] == jax.default_backend()
     run = pj.load_run(workdir)
     assert isinstance(run, pj.Run)
     assert run.model_cfg.d_model == 32 and run.prosg_cfg.rank == 4

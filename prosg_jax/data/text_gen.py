@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -246,10 +247,41 @@ def filler_text(
     return " ".join(parts)[:length]
 
 
+def generating_line(name: str, split_sizes: dict[str, int], directory: str) -> str:
+    """The one console line announcing that a dataset is being generated.
+
+    E.g. ``"Generating mqar/l128_kv8 (train 20,000 / validation 3,000 / test
+    3,000 examples) into /tmp/tfds/mqar/l128_kv8/1.0.0"``; empty splits are left out.
+    """
+    sizes = " / ".join(f"{split} {n:,}" for split, n in split_sizes.items() if n > 0)
+    return f"Generating {name} ({sizes or 'no'} examples) into {directory}"
+
+
 class LocallyGenerated:
     """Split and example generation for a TFDS builder whose record ``i`` of a
     split is ``make_example(builder_config, split, i)``; mix in before
-    ``tfds.core.GeneratorBasedBuilder``. Nothing is downloaded."""
+    ``tfds.core.GeneratorBasedBuilder``. Nothing is downloaded.
+
+    TFDS announces a build with "Downloading and preparing dataset Unknown
+    size (download: Unknown size, generated: Unknown size, ...)" and ends it
+    with "... downloaded and prepared to ..." (``termcolor`` to stdout, from
+    the two hooks overridden here): nothing is downloaded and no size is
+    known in advance, so one line of ours on stderr replaces both.
+    """
+
+    def _log_download_bytes(self) -> None:
+        print(
+            generating_line(
+                f"{self.name}/{self.builder_config.name}",
+                self.builder_config.split_sizes(),
+                str(self.data_dir),
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _log_download_done(self) -> None:
+        pass  # The line above said where; TFDS's "downloaded" would be untrue.
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Generated locally: nothing to download.

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import prosg
+from prosg_jax import prosg, provenance
 from prosg_jax.checkpoint import save_rwkv
 from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.errors import UserError
@@ -135,6 +135,7 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
         dataclasses.replace(prosg_cfg, train_base=False),
         ctx.config.tokenizer,
         done,
+        environment=provenance.environment(),
     )
     write_json(ctx.workdir / RUN_FILE, info)
 
