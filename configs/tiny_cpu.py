@@ -115,8 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation (eval.py): recall vs distance on the prompt_retention test split.
     config.eval = ml_collections.ConfigDict()
-    # Methods compared (true_grad, per-example backprop over the prompt, is the slow one).
+    # Rows compared: a method on the trained run, or "method@model" on a base checkpoint
+    # without an SG module: @init = init_from, @name = eval.models' name (true_grad,
+    # per-example backprop over the prompt, is the slow one).
     config.eval.methods = "none,repeat_prompt,true_grad,prosg"
+    config.eval.models = ""  # more base checkpoints for rows, "name=path,..."
     # "generate": greedy generation per answer; "teacher_forced": the same score from
     # one teacher-forced pass per example (exact for greedy decoding, ~5x cheaper).
     config.eval.exact_match = "generate"

@@ -20,6 +20,15 @@ For every method in ``config.eval.methods`` (the run's ProSG config with its
   pass (:func:`prosg_jax.prosg.continuation_logits`, the logits
   :func:`prosg_jax.prosg.continuation_loss` scores).
 
+Rows. ``config.eval.methods`` lists rows ``method`` or ``method@model``. A
+bare method runs on the workdir's trained run. ``@init`` runs it on
+``config.init_from``, the base the run started from: the honest baseline for
+a run whose stages trained the base too (the trained weights without their
+deltas are a different model). ``@name`` runs it on the base checkpoint that
+``config.eval.models`` (``"name=path,..."``) names, e.g. a control trained as
+long on the same data. Only the trained run has an SG module, so ``prosg``
+is never suffixed.
+
 Seeds. The run is fixed, so a seed selects data: seed ``s`` scores test
 examples ``[s*n, (s+1)*n)`` (``n = eval.num_examples``), disjoint across
 seeds. Tables report the mean over seeds and the standard deviation across
@@ -46,7 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import prosg
+from prosg_jax import prosg, provenance
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.config import METHODS, ProSGConfig
 from prosg_jax.errors import UserError
@@ -320,6 +329,75 @@ def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     )
 
 
+# --------------------------------------------------------------------------- rows
+
+
+INIT_MODEL = "init"  # the row suffix naming config.init_from
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One table row: ``method`` on the trained run (``model`` None) or on a named base."""
+
+    label: str  # as written in config.eval.methods, e.g. "none@init"
+    method: str
+    model: str | None
+
+
+def parse_rows(text: str, model_paths: dict[str, str]) -> tuple[Row, ...]:
+    """``"none@init,prosg"`` → rows; ``model_paths`` maps each allowed suffix to its file.
+
+    Raises:
+      UserError: naming ``config.eval.methods`` for an unknown method or model,
+        a repeated row, or ``prosg`` on a base (only the trained run has an SG module).
+    """
+    rows = []
+    for label in experiment.split_list(text):
+        method, _, model = label.partition("@")
+        if method not in METHODS:
+            raise UserError(f"config.eval.methods: {label!r} — choose methods from {METHODS}")
+        if model and model not in model_paths:
+            known = ", ".join(f"@{k}" for k in model_paths) or "none (set config.init_from)"
+            raise UserError(
+                f"config.eval.methods: {label!r} names no model; known suffixes: {known}"
+            )
+        if model and method == "prosg":
+            raise UserError(
+                f"config.eval.methods: {label!r} — only the trained run has an SG module; "
+                "write 'prosg'"
+            )
+        rows.append(Row(label=label, method=method, model=model or None))
+    labels = [r.label for r in rows]
+    if not rows or len(set(labels)) != len(labels):
+        raise UserError(
+            f"config.eval.methods must list distinct rows, got {text!r} (choose from {METHODS})"
+        )
+    return tuple(rows)
+
+
+def model_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Row suffix → base checkpoint: ``init`` (``config.init_from``) and ``config.eval.models``."""
+    paths = {INIT_MODEL: config.init_from} if config.init_from else {}
+    for item in experiment.split_list(config.eval.get("models", "")):
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path or not name.isidentifier():
+            raise UserError(f"config.eval.models: {item!r} is not name=path")
+        if name in paths:
+            raise UserError(f"config.eval.models: {name!r} is named twice (or is 'init')")
+        if not Path(path).is_file():
+            raise UserError(f"config.eval.models: {name}={path}: no such file")
+        paths[name] = path
+    return paths
+
+
+def _base_run(run: Run, path: str, dtype) -> Run:
+    """``run`` with its base weights replaced by the checkpoint at ``path`` and no SG module."""
+    cfg, params = load_rwkv(path, dtype=dtype)
+    experiment.check_same_shape(run.model_cfg, cfg, path)
+    return dataclasses.replace(run, model_cfg=cfg, params=params, sg_params=None)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -334,10 +412,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     workdir = check_workdir(workdir)
     ev = config.eval
-    methods = experiment.split_list(ev.methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise UserError(f"config.eval.methods: {bad or methods} — choose from {METHODS}")
+    paths = model_paths(config)
+    rows = parse_rows(ev.methods, paths)
     distances = experiment.int_list(ev.distances, "eval.distances")
     # Configs written before the field existed: filler distractors only.
     shares = experiment.int_list(str(ev.get("distractor_facts", "0")), "eval.distractor_facts")
@@ -369,13 +445,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if ev.num_examples < 1 or ev.batch_size < 1:
         raise UserError("config.eval.num_examples and batch_size must be >= 1")
     run = _load_for_eval(config, workdir)
-    if "prosg" in methods and run.sg_params is None:
+    if any(r.method == "prosg" for r in rows) and run.sg_params is None:
         raise UserError(
             "method 'prosg' needs a trained SG module: run the prosg stage, set "
             "config.eval.sg_checkpoint, or drop it from config.eval.methods"
         )
-    for m in methods:  # a target the model lacks fails before any work
-        _method_config(run.prosg_cfg, m).targets(run.model_cfg)
+    dtype = jnp.dtype(config.model.dtype)
+    runs = {None: run} | {
+        name: _base_run(run, paths[name], dtype) for name in {r.model for r in rows} - {None}
+    }
+    for r in rows:  # a target the model lacks fails before any work
+        _method_config(run.prosg_cfg, r.method).targets(runs[r.model].model_cfg)
     directory = data_lib.data_dir(config, workdir)
     sets = [
         (
@@ -410,11 +490,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         dataset = "mqar" if kind == "mqar" else "prompt_retention"
         es = load_eval_set(name, dataset, ev.num_examples, seeds, directory, run.tokenizer, split)
         results["n_answers"][kind][label] = len(es.answers)
-        for m in methods:
+        for row in rows:
+            m, row_run = row.label, runs[row.model]
             t = time.time()
-            nll, count, hits, _ = teacher_forced(run, es, m, ev.batch_size)
+            nll, count, hits, _ = teacher_forced(row_run, es, row.method, ev.batch_size)
             if ev.exact_match == "generate":
-                hits = exact_match(run, es, m, ev.batch_size)
+                hits = exact_match(row_run, es, row.method, ev.batch_size)
             accs, fact_accs, ppls = _per_seed(es, hits, nll, count, len(seeds))
             results[kind].setdefault(m, {})[label] = float(np.mean(accs))
             results[f"{kind}_std"].setdefault(m, {})[label] = _std(accs)
@@ -432,7 +513,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             )
     results["config"] = {
         "workdir": str(workdir),
-        "methods": list(methods),
+        "methods": [r.label for r in rows],
+        "models": paths,  # row suffix -> base checkpoint
         "distances": list(distances),
         "distractor_facts": list(shares),
         "num_facts": ev.num_facts,
@@ -447,6 +529,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "prosg": dataclasses.asdict(run.prosg_cfg),
         "tokenizer": config.tokenizer,
     }
+    results["environment"] = provenance.environment()
     results["eval_seconds"] = round(time.time() - t0, 1)
     if jax.process_index() == 0:
         write_json(workdir / RESULTS_JSON, results)
@@ -503,6 +586,20 @@ def results_table(results: dict) -> str:
         f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
         "",
     ]
+    models = {m.partition("@")[2] for m in cfg["methods"]} - {""}
+    if models:  # older results have no suffixed rows
+        named = "; ".join(f"`@{k}` = `{cfg['models'][k]}`" for k in sorted(models))
+        lines += [
+            f"Rows: a bare method runs on the trained run in `{cfg['workdir']}`; `method@model` "
+            f"runs it on a base checkpoint without an SG module: {named}"
+            + (
+                " (`config.init_from`, the base the run started from)"
+                if INIT_MODEL in models
+                else ""
+            )
+            + ".",
+            "",
+        ]
     shares = cfg.get("distractor_facts", [0]) if d_cols else []  # older results: filler only
     for share in shares:
         kind = retention_kind(share)

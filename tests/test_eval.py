@@ -170,3 +170,67 @@ def test_eval_split_selects_the_examples(trained_run):
         want = [mqar.make_example(spec.config, split, i)["tokens"][:8].tolist() for i in range(4)]
         assert prompts[split] == want, split
     assert prompts["validation"] != prompts["test"]
+
+
+def test_eval_rows_on_named_bases(trained_run, tmp_path):
+    """``method@init`` / ``method@name`` score that base checkpoint, not the trained run."""
+    import jax
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run[0], workdir)
+    run = pj.load_run(workdir)
+    init = tmp_path / "init.safetensors"
+    shutil.copy(workdir / "base.safetensors", init)  # the very weights of the run
+    control = pj.save_rwkv(  # other weights of the same shape
+        tmp_path / "control.safetensors",
+        run.model_cfg,
+        jax.tree.map(lambda x: x * 0.5, run.params),
+    )
+    config = tiny_config()
+    config.init_from = str(init)
+    config.eval.models = f"control={control}"
+    config.eval.methods = "none@init,none,repeat_prompt@control,none@control,prosg"
+    config.eval.exact_match = "teacher_forced"
+    config.eval.distances = ""
+    results = eval_lib.evaluate(config, workdir)
+    labels = ["none@init", "none", "repeat_prompt@control", "none@control", "prosg"]
+    assert list(results["mqar"]) == labels
+    assert results["config"]["models"] == {"init": str(init), "control": str(control)}
+    ppl = {m: results["perplexity"]["mqar"][m]["l32_kv4_voc64"] for m in labels}
+    assert ppl["none@init"] == ppl["none"]  # the same weights give the same numbers
+    assert ppl["none@control"] != ppl["none"]
+    assert ppl["repeat_prompt@control"] != ppl["none@control"]
+    table = (workdir / "results.md").read_text()
+    assert "| none@init |" in table and f"`@control` = `{control}`" in table
+
+
+def test_eval_row_errors(trained_run, tmp_path):
+    base = str(trained_run[0] / "base.safetensors")
+    cases = {
+        "prosg@init": "only the trained run has an SG module",
+        "none@control": "names no model",
+        "none,none": "distinct rows",
+        "": "distinct rows",
+        "greedy@init": "choose methods from",
+    }
+    for methods, message in cases.items():
+        config = tiny_config()
+        config.init_from = base
+        config.eval.methods = methods
+        with pytest.raises(UserError, match=message):
+            eval_lib.evaluate(config, trained_run[0])
+    config = tiny_config()
+    config.eval.methods = "none@init"  # no init_from: @init names nothing
+    with pytest.raises(UserError, match="set config.init_from"):
+        eval_lib.evaluate(config, trained_run[0])
+    for models, message in {
+        "control": "is not name=path",
+        "control=": "is not name=path",
+        "init=" + base: "named twice",
+        f"control={tmp_path}/missing.safetensors": "no such file",
+    }.items():
+        config = tiny_config()
+        config.init_from = base
+        config.eval.models = models
+        with pytest.raises(UserError, match=message):
+            eval_lib.evaluate(config, trained_run[0])

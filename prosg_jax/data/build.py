@@ -78,7 +78,14 @@ def build_dataset(
       The prepared builder; `builder.as_data_source()` reads it.
     """
     builder = make_builder(name, data_dir=data_dir, config=config)
-    builder.download_and_prepare(file_format="array_record")
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except FileExistsError:
+        # Another process built the same dataset into the same data_dir first, and TFDS
+        # will not rename its own copy over that one; the data are identical (seeded).
+        builder = make_builder(name, data_dir=data_dir, config=config)
+        if not builder.is_prepared():
+            raise
     return builder
 
 
