@@ -1,6 +1,6 @@
 """Evaluates a trained prosg_jax run; see ``prosg_jax.eval_lib``.
 
-python eval.py --config configs/tiny_cpu.py --workdir /tmp/prosg_demo
+python eval.py --workdir W  # configs/default.py, the README's main job
 
 Writes results.json, results.md and recall_vs_distance.png into the workdir.
 """
@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from prosg_jax import cli, eval_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/tiny_cpu.py", "Experiment config file.", lock_config=True
+    "config", "configs/default.py", "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prosg_jax", "Directory of the trained run.")
 

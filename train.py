@@ -1,6 +1,6 @@
 """Trains a prosg_jax model; see ``prosg_jax.train_lib``.
 
-python train.py --config configs/tiny_cpu.py --workdir /tmp/prosg_demo
+python train.py --workdir W  # configs/default.py, the README's main job
 
 Running the same command again resumes from the latest checkpoint.
 """
@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from prosg_jax import cli, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/tiny_cpu.py", "Experiment config file.", lock_config=True
+    "config", "configs/default.py", "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prosg_jax", "Checkpoints, metrics and exports.")
 
