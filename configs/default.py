@@ -6,7 +6,7 @@ both scripts' default ``--config``). The run starts from the shipped MQAR base
 (the ``joint`` stage: the base learns to read the deltas). Eval scores recall at
 distractor lengths D = 0 … 4096 on the test split against three baselines on
 the base the run started from (``@init``) and two on the shipped control
-(``@control``: that base trained as long, alone, on the same data).
+(``@control``: that base trained alone for as many steps on the same data).
 
 The task (``mqar/l128_kv8_voc256_d<D>``): 8 key-value pairs (the prompt), then D
 tokens of distractor bindings (unqueried keys with random values, the kind of
@@ -18,8 +18,10 @@ How the shipped files were made (``pretrained/mqar_base.json`` and
 ``pretrained/mqar_control.json`` hold the commands and their metrics):
 
 * the base: ``configs/mqar_distance_cpu.py`` with ``--config.train.stages=base``;
-* the control: that base plus ``--config.train.base.steps`` = this run's joint
-  steps on this run's data (``pretrained/mqar_control.sh``).
+* the control: that base trained alone (``base`` stage) for as many steps as
+  this run's joint stage, on its data, in packed rows of 448 tokens (about
+  twice the joint stage's examples): the second command of
+  ``pretrained/mqar_base.sh``.
 """
 
 import ml_collections

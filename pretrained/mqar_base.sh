@@ -5,12 +5,17 @@
 #                                        (MQAR at D = 0, then D <= 64), about 10 minutes;
 #   pretrained/mqar_control.safetensors  the control: that base trained alone for as many
 #                                        steps as the default's joint stage, on its data
-#                                        (D <= 256; rows of 448 tokens so that D = 256 fits),
-#                                        about 5 minutes.
-# Usage: bash pretrained/mqar_base.sh WORKDIR  (writes WORKDIR/{base,control}/base.safetensors,
-# copy them to pretrained/mqar_base.safetensors and pretrained/mqar_control.safetensors)
+#                                        (D <= 256), batch 16 packed rows of 448 tokens so
+#                                        that D = 256 fits (3, 2 or 1 examples a row at
+#                                        D = 0/64/256: about twice the joint stage's
+#                                        examples), about 7 minutes.
+# Usage: bash pretrained/mqar_base.sh WORKDIR  (writes WORKDIR/{base,control}/base.safetensors;
+# copy them to pretrained/mqar_base.safetensors and pretrained/mqar_control.safetensors). The
+# control starts from the base just built; to rebuild the control alone, run its command with
+# --config.init_from=pretrained/mqar_base.safetensors.
 set -euo pipefail
-W=${1:?usage: bash pretrained/mqar_base.sh WORKDIR}
+W=$(realpath -m "${1:?usage: bash pretrained/mqar_base.sh WORKDIR}")
+cd "$(dirname "$0")/.."  # the repository root: configs and train.py are relative to it
 python=${PYTHON:-.venv/bin/python}
 "$python" train.py --config configs/mqar_distance_cpu.py --workdir "$W/base" \
   --config.train.stages=base --config.train.progress_bar=false

@@ -391,6 +391,19 @@ def model_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
     return paths
 
 
+def _check_init_from(init_from: str, info: dict | None, workdir: Path) -> None:
+    """Rows ``@init`` must score the base the run really started from (when run.json says)."""
+    recorded = (info or {}).get("init_from")  # absent from runs written before it was recorded
+    if recorded is None:
+        return
+    if not recorded or Path(recorded).resolve() != Path(init_from).resolve():
+        raise UserError(
+            f"config.init_from={init_from!r}, but the run in {workdir} started from "
+            f"{recorded or 'scratch'!r}: rows '@init' score the base the run started from, so "
+            + (f"pass --config.init_from={recorded}" if recorded else "drop the '@init' rows")
+        )
+
+
 def _base_run(run: Run, path: str, dtype) -> Run:
     """``run`` with its base weights replaced by the checkpoint at ``path`` and no SG module."""
     cfg, params = load_rwkv(path, dtype=dtype)
@@ -450,6 +463,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             "method 'prosg' needs a trained SG module: run the prosg stage, set "
             "config.eval.sg_checkpoint, or drop it from config.eval.methods"
         )
+    if any(r.model == INIT_MODEL for r in rows):
+        _check_init_from(config.init_from, read_run_info(workdir), workdir)
     dtype = jnp.dtype(config.model.dtype)
     runs = {None: run} | {
         name: _base_run(run, paths[name], dtype) for name in {r.model for r in rows} - {None}

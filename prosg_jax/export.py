@@ -91,6 +91,7 @@ def run_info(
     tokenizer: str,
     stages,
     *,
+    init_from: str | None = None,
     environment: dict | None = None,
 ) -> dict:
     """The ``run.json`` contents.
@@ -100,6 +101,8 @@ def run_info(
       prosg_cfg: the ProSG config.
       tokenizer: the tokenizer's name.
       stages: the training stages done so far.
+      init_from: the base checkpoint the run started from (``config.init_from``,
+        "" for none), stored under ``"init_from"``; omitted when None.
       environment: :func:`prosg_jax.provenance.environment` of the writing
         process, stored under ``"environment"``; omitted when None. Readers
         never require it (run.json files written before it existed lack it).
@@ -110,6 +113,8 @@ def run_info(
         "tokenizer": tokenizer,
         "stages_done": list(stages),
     }
+    if init_from is not None:
+        info["init_from"] = init_from
     if environment is not None:
         info["environment"] = environment
     return info

@@ -22,7 +22,7 @@ spaces). Such a block is skipped, with the missing path as the reason, only
 when that path does not exist; everywhere it does, it runs.
 
 Links: every markdown link or image ``[text](target)`` in those pages and in
-experiments/*/README.md whose target is not a URL (``scheme:``) or a bare
+pretrained/README.md and experiments/*/README.md whose target is not a URL (``scheme:``) or a bare
 ``#anchor`` must name an existing file or directory, relative to the page's
 own folder (the ``#fragment`` is ignored). Links inside code blocks and inline
 code are not links and are not checked.
@@ -53,7 +53,11 @@ def doc_pages() -> list[Path]:
 
 def linked_pages() -> list[Path]:
     """The pages whose relative links are checked."""
-    return doc_pages() + sorted((ROOT / "experiments").glob("*/README.md"))
+    return [
+        *doc_pages(),
+        ROOT / "pretrained" / "README.md",
+        *sorted((ROOT / "experiments").glob("*/README.md")),
+    ]
 
 
 def _rel(path: Path) -> str:

@@ -181,6 +181,10 @@ def test_eval_rows_on_named_bases(trained_run, tmp_path):
     run = pj.load_run(workdir)
     init = tmp_path / "init.safetensors"
     shutil.copy(workdir / "base.safetensors", init)  # the very weights of the run
+    info = json.loads((workdir / "run.json").read_text())
+    assert info["init_from"] == ""  # the fixture trained its base from scratch
+    info["init_from"] = str(init)  # as if it had started from init.safetensors
+    (workdir / "run.json").write_text(json.dumps(info))
     control = pj.save_rwkv(  # other weights of the same shape
         tmp_path / "control.safetensors",
         run.model_cfg,
@@ -222,6 +226,9 @@ def test_eval_row_errors(trained_run, tmp_path):
     config = tiny_config()
     config.eval.methods = "none@init"  # no init_from: @init names nothing
     with pytest.raises(UserError, match="set config.init_from"):
+        eval_lib.evaluate(config, trained_run[0])
+    config.init_from = base  # but the run was trained from scratch (run.json says so)
+    with pytest.raises(UserError, match="started from 'scratch'.*drop the '@init' rows"):
         eval_lib.evaluate(config, trained_run[0])
     for models, message in {
         "control": "is not name=path",

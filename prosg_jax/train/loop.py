@@ -135,6 +135,7 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
         dataclasses.replace(prosg_cfg, train_base=False),
         ctx.config.tokenizer,
         done,
+        init_from=ctx.config.init_from,
         environment=provenance.environment(),
     )
     write_json(ctx.workdir / RUN_FILE, info)
