@@ -601,7 +601,7 @@ def results_table(results: dict) -> str:
         f"{cfg['seed_meaning']}). Columns: distractor length D in tokens.",
         "",
     ]
-    models = {m.partition("@")[2] for m in cfg["methods"]} - {""}
+    models = {m.partition("@")[2] for m in cfg.get("methods", [])} - {""}
     if models:  # older results have no suffixed rows
         named = "; ".join(f"`@{k}` = `{cfg['models'][k]}`" for k in sorted(models))
         lines += [
