@@ -12,14 +12,8 @@ state: the documented API has none beyond JAX's compilation cache, and sharing
 one process keeps JAX imported once, so each block costs seconds on a CPU. A
 block that writes files must write them to a temporary directory.
 
-A block that needs a shipped file that may be absent from a checkout carries
-an HTML comment on the line directly above its fence::
-
-    <!-- requires: pretrained/mqar_prosg -->
-
-(paths relative to the repository root, several separated by commas or
-spaces). Such a block is skipped, with the missing path as the reason, only
-when that path does not exist; everywhere it does, it runs.
+Blocks run on the files the repository ships (``pretrained/``); none is
+skipped, so a shipped file a block needs cannot go missing unnoticed.
 
 Links: every markdown link or image ``[text](target)`` in those pages and in
 pretrained/README.md and experiments/*/README.md whose target is not a URL (``scheme:``) or a bare
@@ -38,7 +32,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
-_REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(.*?)\s*-->\s*$")
 # [text](target) and ![alt](target); the target ends at whitespace or ")".
 _LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
@@ -101,22 +94,12 @@ def split_fences(text: str):
 
 
 def python_blocks():
-    """``pytest.param(code, requires, id="file:line")`` for every ```python block."""
+    """``pytest.param(code, id="file:line")`` for every ```python block."""
     params = []
     for page in doc_pages():
-        text = page.read_text(encoding="utf-8")
-        lines = text.splitlines()
-        for kind, start, info, body in split_fences(text):
-            if kind != "code" or info != "python":
-                continue
-            requires: list[str] = []
-            above = lines[start - 2] if start >= 2 else ""
-            m = _REQUIRES.match(above)
-            if m:
-                requires = [p for p in re.split(r"[,\s]+", m.group(1)) if p]
-            params.append(
-                pytest.param("\n".join(body) + "\n", requires, id=f"{_rel(page)}:{start}")
-            )
+        for kind, start, info, body in split_fences(page.read_text(encoding="utf-8")):
+            if kind == "code" and info == "python":
+                params.append(pytest.param("\n".join(body) + "\n", id=f"{_rel(page)}:{start}"))
     return params
 
 
@@ -126,11 +109,8 @@ def test_docs_have_python_blocks():
     assert python_blocks()
 
 
-@pytest.mark.parametrize(("code", "requires"), python_blocks())
-def test_python_block_runs(code, requires, monkeypatch, request):
-    missing = [p for p in requires if not (ROOT / p).exists()]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}, which this checkout does not ship")
+@pytest.mark.parametrize("code", python_blocks())
+def test_python_block_runs(code, monkeypatch, request):
     monkeypatch.chdir(ROOT)
     filename = request.node.callspec.id  # "docs/usage.md:17" in tracebacks
     exec(compile(code, filename, "exec"), {"__name__": "__main__"})
@@ -164,7 +144,7 @@ def test_the_checks_see_what_they_must():
     """The parser finds links and blocks where they are, and nowhere else."""
     text = (
         "See [a](x.md) and ![b](img/y.png#frag), `[c](not-a-link)`.\n"
-        '<!-- requires: pretrained/x -->\n```python\nprint("[d](in-code)")\n```\n'
+        '<!-- a comment -->\n```python\nprint("[d](in-code)")\n```\n'
         "```text\nz\n```\n[e](https://example.com) [f](#anchor)\n"
     )
     parts = list(split_fences(text))
