@@ -15,7 +15,11 @@ For every method in ``config.eval.methods`` (the run's ProSG config with its
   ``eval.exact_match="teacher_forced"`` scores the same thing from one
   teacher-forced pass per example instead (an answer is generated exactly iff
   each of its tokens is the argmax given the true prefix), about (facts + 1)
-  times cheaper; the two agree up to float rounding of near-ties.
+  times cheaper; the two agree up to float rounding of near-ties. The pass
+  derives the deltas once per batch and reads the continuation in blocks of
+  :data:`READ_BLOCK` tokens with the state carried, so every distance shares
+  one compiled reader: an eval compiles one prompt program per method and
+  width, and two readers (with and without deltas).
 * **Perplexity** of the answer tokens under teacher forcing, from the same
   pass (:func:`prosg_jax.prosg.continuation_logits`, the logits
   :func:`prosg_jax.prosg.continuation_loss` scores).
@@ -35,7 +39,9 @@ seeds. Tables report the mean over seeds and the standard deviation across
 them (``ddof=1``).
 
 Outputs in the workdir: ``results.json``, ``results.md`` and
-``recall_vs_distance.png``.
+``recall_vs_distance.png``. ``results.json["eval_timing"]`` splits the wall
+time into compilation, data, deriving deltas, reading (and decoding, with
+``exact_match="generate"``) and counts the programs compiled.
 """
 
 from __future__ import annotations
@@ -57,9 +63,12 @@ import numpy as np
 
 from prosg_jax import prosg, provenance
 from prosg_jax.checkpoint import load_rwkv
+from prosg_jax.clock import PhaseClock
 from prosg_jax.config import METHODS, ProSGConfig
 from prosg_jax.errors import UserError
 from prosg_jax.export import SG_FILE, load_run, load_sg_params, read_run_info, write_json
+from prosg_jax.models.lm import forward_core
+from prosg_jax.prosg.ablations import derive
 from prosg_jax.sampling import Run, complete_ids, decode_text
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import experiment
@@ -68,6 +77,10 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 PLOT = "recall_vs_distance.png"
 _WIDTH_MULTIPLE = 64
+# Tokens per teacher-forced read. Every continuation is read in blocks of this
+# width, so all distances share one compiled reader; a multiple of the chunked
+# WKV's chunk, and wide enough that a block's matmuls keep both cores busy.
+READ_BLOCK = 256
 
 
 # --------------------------------------------------------------------------- generation
@@ -118,12 +131,33 @@ def _method_config(prosg_cfg: ProSGConfig, method: str | None) -> ProSGConfig:
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
-def _teacher_forced(model_cfg, params, sg_params, prosg_cfg, batch: prosg.Batch):
-    """Per example: summed NLL over ``loss_mask`` and the argmax prediction at every position."""
-    logits, _, _ = prosg.continuation_logits(model_cfg, params, sg_params, prosg_cfg, batch)
+def _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths):
+    """The deltas (``None`` for ``none``/``repeat_prompt``) and the prompt tail."""
+    return derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg",))
+def _score_block(
+    model_cfg,
+    params,
+    deltas,
+    state,
+    inputs: jax.Array,  # int32[B, W]
+    positions: jax.Array,  # int32[B, W]
+    targets: jax.Array,  # int32[B, W]
+    mask: jax.Array,  # float32[B, W]
+):
+    """Reads one block of a teacher-forced continuation from ``state``.
+
+    Returns:
+      ``(state after the block, float32[B] summed NLL over mask, int32[B, W] argmax)``.
+    """
+    logits, state, _ = forward_core(
+        model_cfg, params, inputs, state, deltas=deltas, positions=positions
+    )
     logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, batch.targets[..., None], axis=-1)[..., 0]
-    return (nll * batch.loss_mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return state, (nll * mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------- data
@@ -211,6 +245,14 @@ def load_eval_set(
 
 
 def _batches(n: int, size: int):
+    """``(rows, padded rows)`` of ``n`` rows in equal batches of at most ``size``.
+
+    The batch size is balanced (48 rows at ``size=32`` are two batches of 24)
+    so that padding the last batch to the common shape wastes under a row
+    per batch.
+    """
+    count = -(-n // size)
+    size = -(-n // count)
     for start in range(0, n, size):
         idx = np.arange(start, min(start + size, n))
         yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])  # fixed shape
@@ -239,8 +281,23 @@ def exact_match(run: Run, es: EvalSet, method: str, batch_size: int) -> np.ndarr
     return hits
 
 
-def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
-    """One teacher-forced pass per example.
+def teacher_forced(
+    run: Run,
+    es: EvalSet,
+    method: str,
+    batch_size: int,
+    *,
+    block: int = READ_BLOCK,
+    clock: PhaseClock | None = None,
+):
+    """One teacher-forced pass per example, read in blocks of ``block`` tokens.
+
+    The deltas are derived once per batch; the continuation (the replayed last
+    prompt token, then the context with its answers) is then read ``block``
+    tokens at a time with the recurrent state carried between blocks. Every
+    continuation length and every method with deltas shares one compiled
+    block reader, so an eval compiles one program per method for the prompt
+    and two for the reading, whatever its distances.
 
     Returns:
       ``(nll, count, hits, first)``: per-example summed answer-token NLL and
@@ -248,10 +305,11 @@ def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
       argmax given the true prefix — which is exactly when greedy decoding
       reproduces the answer — and the argmax at the answer's first token.
     """
+    clock = clock or PhaseClock()
     prosg_cfg = _method_config(run.prosg_cfg, method)
     sg = run.sg_params if prosg_cfg.method == "prosg" else None
     p = _round_up(max(len(e["prompt"]) for e in es.examples))
-    k = _round_up(max(len(e["cont"]) for e in es.examples))
+    k = _round_up(max(len(e["cont"]) for e in es.examples), block)
     nll = np.zeros(len(es.examples))
     count = np.zeros(len(es.examples))
     preds = [None] * len(es.examples)
@@ -263,10 +321,34 @@ def teacher_forced(run: Run, es: EvalSet, method: str, batch_size: int):
             loss_on="answers",
             answer_weight=1.0,
         )
-        out_nll, out_pred = _teacher_forced(
-            run.model_cfg, run.params, sg, prosg_cfg, data_lib.to_batch(arrays)
-        )
-        out_nll, out_pred = np.asarray(out_nll), np.asarray(out_pred)
+        with clock.phase("derive"):
+            deltas, tail = _derive(
+                run.model_cfg,
+                run.params,
+                sg,
+                prosg_cfg,
+                arrays["prompts"],
+                arrays["prompt_lengths"],
+            )
+            jax.block_until_ready(deltas)
+        inputs, positions = prosg.continuation_inputs(tail, jnp.asarray(arrays["targets"]))
+        state, out_nll, out_pred = tail.state, 0.0, []
+        with clock.phase("read"):
+            for s in range(0, k, block):
+                cut = slice(s, s + block)
+                state, block_nll, block_pred = _score_block(
+                    run.model_cfg,
+                    run.params,
+                    deltas,
+                    state,
+                    inputs[:, cut],
+                    positions[:, cut],
+                    arrays["targets"][:, cut],
+                    arrays["loss_mask"][:, cut],
+                )
+                out_nll, out_pred = out_nll + block_nll, [*out_pred, block_pred]
+            out_nll = np.asarray(out_nll)
+            out_pred = np.concatenate([np.asarray(x) for x in out_pred], axis=1)
         for j, i in enumerate(idx):
             nll[i], count[i], preds[i] = out_nll[j], arrays["loss_mask"][j].sum(), out_pred[j]
     hits = np.zeros(len(es.answers), bool)
@@ -501,16 +583,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             results[kind + suffix] = {}
     results["perplexity"] = {k: {} for k in kinds}
     results["n_answers"] = {k: {} for k in kinds}
+    clock = PhaseClock()
     for kind, label, name in sets:
         dataset = "mqar" if kind == "mqar" else "prompt_retention"
-        es = load_eval_set(name, dataset, ev.num_examples, seeds, directory, run.tokenizer, split)
+        with clock.phase("data"):
+            es = load_eval_set(
+                name, dataset, ev.num_examples, seeds, directory, run.tokenizer, split
+            )
         results["n_answers"][kind][label] = len(es.answers)
         for row in rows:
             m, row_run = row.label, runs[row.model]
             t = time.time()
-            nll, count, hits, _ = teacher_forced(row_run, es, row.method, ev.batch_size)
+            nll, count, hits, _ = teacher_forced(
+                row_run, es, row.method, ev.batch_size, clock=clock
+            )
             if ev.exact_match == "generate":
-                hits = exact_match(row_run, es, row.method, ev.batch_size)
+                with clock.phase("decode"):
+                    hits = exact_match(row_run, es, row.method, ev.batch_size)
             accs, fact_accs, ppls = _per_seed(es, hits, nll, count, len(seeds))
             results[kind].setdefault(m, {})[label] = float(np.mean(accs))
             results[f"{kind}_std"].setdefault(m, {})[label] = _std(accs)
@@ -546,6 +635,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     }
     results["environment"] = provenance.environment()
     results["eval_seconds"] = round(time.time() - t0, 1)
+    # compile / data / derive / read (/ decode) seconds and the programs compiled
+    results["eval_timing"] = clock.summary()
+    print(
+        "eval: "
+        + ", ".join(f"{k} {v}" for k, v in results["eval_timing"].items())
+        + f", total {results['eval_seconds']} s",
+        file=sys.stderr,
+    )
     if jax.process_index() == 0:
         write_json(workdir / RESULTS_JSON, results)
         (workdir / RESULTS_MD).write_text(results_table(results))

@@ -6,6 +6,7 @@ import itertools
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from train_fixtures import tiny_config
@@ -115,6 +116,53 @@ def test_generation_agrees_with_teacher_forcing(trained_run):
             method=method,
         )
         np.testing.assert_array_equal(gen[:, 0], tf_first, err_msg=name)
+
+
+def test_block_reading_equals_one_pass(trained_run):
+    """Reading the continuation in blocks with the state carried is the one-pass forward."""
+    run = pj.load_run(trained_run[0])
+    es = eval_lib.load_eval_set(
+        "prompt_retention/d32_f2_n0_val0_t4",
+        "prompt_retention",
+        2,
+        (0, 1),
+        str(trained_run[0] / "tfds"),
+        run.tokenizer,
+    )
+    for method in ("none", "repeat_prompt", "true_grad", "prosg"):
+        cfg = eval_lib._method_config(run.prosg_cfg, method)
+        sg = run.sg_params if method == "prosg" else None
+        arrays = data_lib.make_prosg_batch(
+            es.examples,
+            prompt_len=max(len(e["prompt"]) for e in es.examples),
+            cont_len=max(len(e["cont"]) for e in es.examples),
+            loss_on="answers",
+            answer_weight=1.0,
+        )
+        logits, _, _ = pj.prosg.continuation_logits(
+            run.model_cfg, run.params, sg, cfg, data_lib.to_batch(arrays)
+        )
+        logp = np.asarray(jax.nn.log_softmax(logits, -1))
+        targets = arrays["targets"]
+        want_nll = -(np.take_along_axis(logp, targets[..., None], -1)[..., 0] * arrays["loss_mask"])
+        want_hits = []
+        for e, ex in enumerate(es.examples):
+            pred = logp[e].argmax(-1)
+            for a, b in zip(ex["answer_start"], ex["answer_end"], strict=True):
+                want_hits.append(np.array_equal(pred[a:b], ex["cont"][a:b]))
+        for block in (16, 64, 512):  # many blocks, a few, one
+            nll, count, hits, _ = eval_lib.teacher_forced(run, es, method, 3, block=block)
+            np.testing.assert_allclose(nll, want_nll.sum(-1), rtol=1e-5, err_msg=method)
+            np.testing.assert_array_equal(count, arrays["loss_mask"].sum(-1))
+            np.testing.assert_array_equal(hits, want_hits, err_msg=f"{method} block {block}")
+
+
+def test_eval_compiles_a_handful_of_programs(evaluated):
+    """One prompt program per method, the block readers shared by every distance."""
+    timing = evaluated[1]["eval_timing"]
+    # 4 methods x (prompt_retention, MQAR prompt widths) derive programs + the readers
+    assert 0 < timing["programs"] <= 16, timing
+    assert {"compile_s", "data_s", "derive_s", "read_s"} <= set(timing)
 
 
 def test_eval_user_errors(trained_run, tmp_path):
