@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import prosg, provenance
+from prosg_jax import provenance
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.clock import PhaseClock
 from prosg_jax.config import METHODS, ProSGConfig
@@ -331,24 +331,28 @@ def teacher_forced(
                 arrays["prompt_lengths"],
             )
             jax.block_until_ready(deltas)
-        inputs, positions = prosg.continuation_inputs(tail, jnp.asarray(arrays["targets"]))
-        state, out_nll, out_pred = tail.state, 0.0, []
+        # prosg.continuation_inputs on the host: eager jnp ops would compile per width
+        targets = arrays["targets"]
+        inputs = np.concatenate([np.asarray(tail.token)[:, None], targets[:, :-1]], axis=1)
+        positions = np.asarray(tail.position)[:, None] + np.arange(k, dtype=np.int32)[None]
+        state, out = tail.state, []
         with clock.phase("read"):
             for s in range(0, k, block):
                 cut = slice(s, s + block)
-                state, block_nll, block_pred = _score_block(
+                state, *scored = _score_block(
                     run.model_cfg,
                     run.params,
                     deltas,
                     state,
                     inputs[:, cut],
                     positions[:, cut],
-                    arrays["targets"][:, cut],
+                    targets[:, cut],
                     arrays["loss_mask"][:, cut],
                 )
-                out_nll, out_pred = out_nll + block_nll, [*out_pred, block_pred]
-            out_nll = np.asarray(out_nll)
-            out_pred = np.concatenate([np.asarray(x) for x in out_pred], axis=1)
+                out.append(scored)
+            out = [(np.asarray(n, np.float64), np.asarray(p)) for n, p in out]
+        out_nll = np.sum([n for n, _ in out], axis=0)
+        out_pred = np.concatenate([p for _, p in out], axis=1)
         for j, i in enumerate(idx):
             nll[i], count[i], preds[i] = out_nll[j], arrays["loss_mask"][j].sum(), out_pred[j]
     hits = np.zeros(len(es.answers), bool)
