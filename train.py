@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from prosg_jax import cli, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Experiment config file.", lock_config=True
+    "config", cli.DEFAULT_CONFIG, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prosg_jax", "Checkpoints, metrics and exports.")
 
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, _CONFIG)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosg_jax.config import RWKVConfig
-from prosg_jax.models.lm import model_module
+from prosg_jax.models.lm import all_finite, check_params, model_module
 
 # Present in official RWKV-7 checkpoints but unused by the model (layer 0
 # defines v_first and has no value residual).
@@ -227,6 +227,9 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
     never leaves a truncated checkpoint behind.
     """
     path = Path(path)
+    check_params(cfg, params)  # another depth or version would write a wrong file
+    if not all_finite(params):
+        raise CheckpointError(f"not writing {path}: the params hold NaN or infinite values")
     tensors = {}
     for key, tree_path, shape in model_module(cfg).checkpoint_layout(cfg):
         leaf = params

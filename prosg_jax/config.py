@@ -65,11 +65,16 @@ class RWKVConfig:
     wkv_impl: str = "auto"
 
     def __post_init__(self):
-        if self.version not in (4, 7):
+        if not _is_int(self.version) or self.version not in (4, 7):
             raise ValueError(f"RWKVConfig.version must be 4 or 7, got {self.version}")
-        for name in ("vocab_size", "d_model", "n_layer", "d_ffn"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RWKVConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("vocab_size", "d_model", "n_layer", "d_ffn", "head_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"RWKVConfig.{name} must be a positive int, got {value!r}")
+        for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"RWKVConfig.{name} must be an int >= 0, got {value!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(
                 f"RWKVConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"

@@ -72,6 +72,7 @@ from prosg_jax.prosg.ablations import derive
 from prosg_jax.sampling import Run, complete_ids, decode_text
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import experiment
+from prosg_jax.train.config_check import check_config
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -183,9 +184,6 @@ class EvalSet:
 
 def _round_up(n: int, m: int = _WIDTH_MULTIPLE) -> int:
     return max(m, -(-n // m) * m)
-
-
-EVAL_SPLITS = ("test", "validation")  # report on test; tune on validation
 
 
 def _eval_name(base: str, total: int, split: str = "test") -> str:
@@ -386,13 +384,64 @@ def _std(xs) -> float:
 # --------------------------------------------------------------------------- run loading
 
 
+# ProSG fields that define a trained run: eval refuses a config that differs from run.json.
+RUN_PROSG_FIELDS = (
+    "rank",
+    "matrices",
+    "layers",
+    "sg_hidden",
+    "key_dim",
+    "pooling",
+    "power_iters",
+    "sketch_seed",
+    "sg_lookahead",
+)
+# Evaluation-time choices, applied from the config and recorded in results.json: the
+# true_grad ablation's settings (the rows choose the methods) and, in config.model,
+# wkv_impl. The remaining ProSG fields (method, sg_match_*) only act in training.
+EVAL_PROSG_FIELDS = ("true_grad_steps", "true_grad_lr")
+
+
+def _show(value) -> str:
+    """A ProSG field as it is written on the command line."""
+    if value is None:
+        return "''"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _apply_eval_choices(config: ml_collections.ConfigDict, run: Run, where: str) -> Run:
+    """``run`` with the config's evaluation-time choices; run-defining fields must agree."""
+    want = experiment.prosg_config(config)
+    have = run.prosg_cfg
+    diff = [
+        f"--config.prosg.{f}={_show(getattr(want, f))} (the run has {_show(getattr(have, f))})"
+        for f in RUN_PROSG_FIELDS
+        if getattr(want, f) != getattr(have, f)
+    ]
+    if config.model.dtype != run.model_cfg.dtype:
+        diff.append(
+            f"--config.model.dtype={config.model.dtype} (the run has {run.model_cfg.dtype})"
+        )
+    if diff:
+        raise UserError(
+            f"{'; '.join(diff)}: these fields define the run in {where}; evaluate it with its "
+            "own values (its run.json) or train another run"
+        )
+    choices = {f: getattr(want, f) for f in EVAL_PROSG_FIELDS}
+    return dataclasses.replace(
+        run,
+        model_cfg=run.model_cfg.replace(wkv_impl=config.model.wkv_impl),
+        prosg_cfg=have.replace(**choices),
+    )
+
+
 def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     """The workdir's run, or ``config.init_from`` plus ``config.eval.sg_checkpoint``."""
     want = experiment.model_config(config)
     if read_run_info(workdir) is not None:
         run = load_run(workdir)
         experiment.check_same_shape(want, run.model_cfg, str(workdir))
-        return run
+        return _apply_eval_choices(config, run, str(workdir))
     if not config.init_from:
         raise UserError(
             f"no trained run in {workdir}: run train.py with this --workdir, or set "
@@ -400,6 +449,7 @@ def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         )
     cfg, params = load_rwkv(config.init_from, dtype=jnp.dtype(config.model.dtype))
     experiment.check_same_shape(want, cfg, config.init_from)
+    cfg = cfg.replace(wkv_impl=config.model.wkv_impl)
     sg_params = None
     if config.eval.sg_checkpoint:
         path = Path(config.eval.sg_checkpoint)
@@ -494,6 +544,7 @@ def _base_run(run: Run, path: str, dtype) -> Run:
     """``run`` with its base weights replaced by the checkpoint at ``path`` and no SG module."""
     cfg, params = load_rwkv(path, dtype=dtype)
     experiment.check_same_shape(run.model_cfg, cfg, path)
+    cfg = cfg.replace(wkv_impl=run.model_cfg.wkv_impl)  # the evaluation's choice
     return dataclasses.replace(run, model_cfg=cfg, params=params, sg_params=None)
 
 
@@ -509,40 +560,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     t0 = time.time()
     from prosg_jax.train_lib import check_workdir
 
+    check_config(config)
     workdir = check_workdir(workdir)
     ev = config.eval
     paths = model_paths(config)
     rows = parse_rows(ev.methods, paths)
     distances = experiment.int_list(ev.distances, "eval.distances")
-    # Configs written before the field existed: filler distractors only.
-    shares = experiment.int_list(str(ev.get("distractor_facts", "0")), "eval.distractor_facts")
-    if not shares or len(set(shares)) != len(shares) or not all(0 <= p <= 100 for p in shares):
-        raise UserError(
-            "config.eval.distractor_facts must be distinct percentages in [0, 100], "
-            f"got {ev.distractor_facts!r}"
-        )
-    # Configs written before the field existed: every fact is asked.
-    questions = int(ev.get("num_queries", 0))
-    if not 0 <= questions <= ev.num_facts:
-        raise UserError(
-            "config.eval.num_queries must be 0 (ask every fact) or 1 .. eval.num_facts="
-            f"{ev.num_facts}, got {ev.num_queries!r}"
-        )
+    shares = experiment.int_list(ev.distractor_facts, "eval.distractor_facts")
+    questions = ev.num_queries
     seeds = experiment.int_list(ev.seeds, "eval.seeds")
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UserError(
-            f"config.eval.seeds must be distinct non-negative integers, got {ev.seeds!r}"
-        )
-    if ev.exact_match not in ("generate", "teacher_forced"):
-        raise UserError(
-            "config.eval.exact_match must be 'generate' or 'teacher_forced', "
-            f"got {ev.exact_match!r}"
-        )
-    split = ev.get("split", "test")  # configs written before the field existed score test
-    if split not in EVAL_SPLITS:
-        raise UserError(f"config.eval.split must be one of {EVAL_SPLITS}, got {split!r}")
-    if ev.num_examples < 1 or ev.batch_size < 1:
-        raise UserError("config.eval.num_examples and batch_size must be >= 1")
+    split = ev.split
     run = _load_for_eval(config, workdir)
     if any(r.method == "prosg" for r in rows) and run.sg_params is None:
         raise UserError(

@@ -126,9 +126,19 @@ def read_run_info(workdir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}") from e
+    expected = {"model": dict, "prosg": dict, "tokenizer": str}
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is not a run record: a JSON object with {sorted(expected)}")
+    for key, kind in expected.items():
+        if not isinstance(info.get(key), kind):
+            raise UserError(
+                f"{path} is not a run record: {key!r} must be a JSON "
+                f"{'object' if kind is dict else 'string'} (written by train.py)"
+            )
+    return info
 
 
 def prosg_config_from_dict(d: dict) -> ProSGConfig:
@@ -158,12 +168,14 @@ def load_run(workdir: str | os.PathLike) -> Run:
     info = read_run_info(workdir)
     if info is None or not (workdir / BASE_FILE).is_file():
         raise FileNotFoundError(f"no trained run in {workdir} (run train.py with this --workdir)")
-    dtype = info["model"].get("dtype", "float32")
-    model_cfg, params = load_rwkv(workdir / BASE_FILE, dtype=jnp.dtype(dtype))
-    want = RWKVConfig(**info["model"])
+    try:
+        want = RWKVConfig(**info["model"])
+        prosg_cfg = prosg_config_from_dict(info["prosg"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{workdir / RUN_FILE} holds an invalid config: {e}") from e
+    model_cfg, params = load_rwkv(workdir / BASE_FILE, dtype=jnp.dtype(want.dtype))
     if model_cfg != want:
         raise UserError(f"{workdir / BASE_FILE} does not match {workdir / RUN_FILE}")
-    prosg_cfg = prosg_config_from_dict(info["prosg"])
     sg_path = workdir / SG_FILE
     sg_params = load_sg_params(sg_path) if sg_path.is_file() else None
     return Run(

@@ -48,9 +48,18 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from prosg_jax.config import METHODS, ProSGConfig, RWKVConfig
-from prosg_jax.data.tokenizers import Tokenizer
+from prosg_jax.data.tokenizers import Tokenizer, get_tokenizer
 from prosg_jax.models.layers import Deltas
-from prosg_jax.models.lm import State, cast_for_compute, check_params, forward_core, init_state
+from prosg_jax.models.lm import (
+    State,
+    all_finite,
+    cast_for_compute,
+    check_deltas,
+    check_model_config,
+    check_params,
+    forward_core,
+    init_state,
+)
 from prosg_jax.prosg.ablations import derive, repeat_prompts
 from prosg_jax.prosg.sg import check_sg_params
 from prosg_jax.prosg.states import is_ragged, join_rows, left_align, right_padded
@@ -109,6 +118,37 @@ class Run:
     prosg_cfg: ProSGConfig | None
     sg_params: dict | None
     tokenizer: Tokenizer
+
+    def __post_init__(self):
+        """Checks every field once, so a bad one fails here and not mid-generation.
+
+        ``tokenizer`` may also be a name (``"byte"``, ``"world"``).
+        """
+        check_model_config(self.model_cfg)
+        check_params(self.model_cfg, self.params)
+        if self.prosg_cfg is not None and not isinstance(self.prosg_cfg, ProSGConfig):
+            raise TypeError(
+                f"Run.prosg_cfg must be a ProSGConfig or None, got {type(self.prosg_cfg).__name__}"
+            )
+        if isinstance(self.tokenizer, str):
+            object.__setattr__(self, "tokenizer", get_tokenizer(self.tokenizer))
+        if not all(hasattr(self.tokenizer, a) for a in ("encode", "decode", "vocab_size")):
+            raise TypeError(
+                "Run.tokenizer must be a tokenizer (prosg_jax.get_tokenizer) or its name, got "
+                f"{type(self.tokenizer).__name__}"
+            )
+        if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
+            raise ValueError(
+                f"Run.tokenizer has {self.tokenizer.vocab_size} ids, the model's vocabulary "
+                f"{self.model_cfg.vocab_size}"
+            )
+        if self.sg_params is not None:
+            pc = (self.prosg_cfg or ProSGConfig()).replace(method="prosg")
+            check_sg_params(self.model_cfg, pc, self.sg_params)
+        for name in ("params", "sg_params"):
+            tree = getattr(self, name)
+            if tree is not None and not all_finite(tree):
+                raise ValueError(f"Run.{name} holds NaN or infinite values")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -180,9 +220,13 @@ def _check_sampling(cfg: RWKVConfig, temperature, top_k, top_p) -> None:
         raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
 
 
+# Tokens one call may generate per row: its [B, n] output is allocated up front.
+MAX_NEW_TOKENS = 1 << 24
+
+
 def _check_count(name: str, n) -> None:
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n <= 0:
-        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or not 0 < n <= MAX_NEW_TOKENS:
+        raise ValueError(f"{name} must be an int in [1, {MAX_NEW_TOKENS:,}], got {n!r}")
 
 
 # --------------------------------------------------------------------------- jitted core
@@ -489,7 +533,10 @@ def decode_chunk(
       row's tokens so far and ``state.done`` marks stopped rows.
     """
     _check_count("n", n)
+    check_params(model_cfg, params)
     _check_sampling(model_cfg, temperature, top_k, top_p)
+    if deltas is not None:
+        check_deltas(model_cfg, deltas, sampling.done.shape[0])
     return _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p, unroll)
 
 

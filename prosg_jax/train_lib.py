@@ -41,6 +41,8 @@ __all__ = ["Params", "Preempted", "check_workdir", "train"]
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
     """Creates ``workdir`` and checks that it is writable (one-line error otherwise)."""
+    if not str(workdir).strip():  # Path("") is the current directory
+        raise UserError("--workdir is empty: name the run's directory, e.g. --workdir=/tmp/run")
     path = Path(workdir).absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -50,6 +52,31 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
     except OSError as e:
         raise UserError(f"workdir {path} is not writable: {e.strerror or e}") from e
     return path
+
+
+def start_distributed() -> None:
+    """Joins the job's processes: ``jax.distributed.initialize`` (one line if there is no job).
+
+    Under SLURM, Open MPI and the other launchers JAX detects, everything comes
+    from their environment. Elsewhere (e.g. several processes on one host) set
+    ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES``
+    and ``JAX_PROCESS_ID``.
+    """
+    kwargs = {}
+    for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if os.environ.get(key, "").strip():
+            try:
+                kwargs[name] = int(os.environ[key])
+            except ValueError:
+                raise UserError(f"{key}={os.environ[key]!r} is not an integer") from None
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(
+            f"--config.distributed=True: no cluster to join ({str(e).strip()}); start one "
+            "process per host under SLURM or Open MPI, or set JAX_COORDINATOR_ADDRESS, "
+            "JAX_NUM_PROCESSES and JAX_PROCESS_ID"
+        ) from e
 
 
 def _load_base(path: str, exp: experiment.Experiment, what: str) -> dict:
@@ -104,7 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
     exp = experiment.build(config)
     workdir = check_workdir(workdir)
     if config.distributed:
-        jax.distributed.initialize()
+        start_distributed()
     _check_workdir_model(workdir, exp)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     tokenizer = get_tokenizer(config.tokenizer)

@@ -279,7 +279,7 @@ class TestBadInput:
                 v=jnp.zeros((2, 5, 3), jnp.float32)
             )
         }
-        with pytest.raises(ValueError, match="do not fit"):
+        with pytest.raises(ValueError, match=r"the target is 128x128"):
             pj.forward(cfg, params, _tokens(cfg), deltas=bad)
 
     def test_ragged_list_of_tokens(self, model):

@@ -62,7 +62,7 @@ def test_environment_imports_no_data_or_checkpoint_library():
 
 @pytest.mark.parametrize("with_environment", [True, False], ids=["new", "old"])
 def test_run_json_with_or_without_environment_loads(tmp_path, with_environment):
-    cfg, params = tiny_model(7)
+    cfg, params = tiny_model(7, vocab=258)  # the byte tokenizer's ids
     pj.save_rwkv(tmp_path / "base.safetensors", cfg, params)
     env = provenance.environment() if with_environment else None
     info = run_info(cfg, pj.ProSGConfig(), "byte", ["base"], environment=env)

@@ -11,7 +11,7 @@ Axis legend: ``B`` batch, ``T`` time, ``V`` vocab.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 import jax
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from prosg_jax.config import TARGETS, RWKVConfig
+from prosg_jax.config import TARGETS, RWKVConfig, target_shape
+from prosg_jax.lowrank import LowRankDelta
 from prosg_jax.models import rwkv4, rwkv7
 from prosg_jax.models.layers import Deltas, TargetHooks, layer_norm
 
@@ -28,6 +29,7 @@ State = tuple  # tuple of per-layer ``LayerState`` NamedTuples
 
 def model_module(cfg: RWKVConfig) -> ModuleType:
     """The module (``rwkv4`` or ``rwkv7``) implementing ``cfg.version``."""
+    check_model_config(cfg)
     return {4: rwkv4, 7: rwkv7}[cfg.version]
 
 
@@ -115,6 +117,8 @@ def check_tokens(cfg: RWKVConfig, tokens, ndim: int, what: str = "tokens") -> No
 
 def check_positions(positions, shape: tuple[int, ...]) -> None:
     """Raises ``ValueError`` unless ``positions`` are non-negative ints of ``shape``."""
+    if isinstance(positions, list | tuple):  # nested lists, as tokens may be given
+        positions = np.asarray(positions)
     if np.shape(positions) != tuple(shape):
         raise ValueError(f"positions shape {np.shape(positions)} != tokens shape {tuple(shape)}")
     if not jnp.issubdtype(jnp.result_type(positions), jnp.integer):
@@ -141,6 +145,7 @@ def check_params(cfg: RWKVConfig, params) -> None:
     give NaN logits or a bare ``KeyError`` deep inside the model. The expected
     layout is computed once per config.
     """
+    check_model_config(cfg)
     treedef, paths, shapes = _param_spec(cfg)
     leaves, got = jax.tree_util.tree_flatten(params)
     if got != treedef:
@@ -157,6 +162,62 @@ def check_params(cfg: RWKVConfig, params) -> None:
                 f"params{path} has shape {tuple(np.shape(leaf))}, the RWKVConfig expects {want} "
                 f"(vocab_size={cfg.vocab_size}, d_model={cfg.d_model}, d_ffn={cfg.d_ffn})"
             )
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"params{path} has dtype {jnp.result_type(leaf)}: parameters must be floats "
+                "(float32 or bfloat16)"
+            )
+
+
+def all_finite(tree) -> bool:
+    """Whether every leaf of ``tree`` is free of NaN and infinity (one reduction per leaf)."""
+    return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
+
+
+def check_model_config(cfg) -> None:
+    """Raises ``TypeError`` unless ``cfg`` is an :class:`RWKVConfig`."""
+    if not isinstance(cfg, RWKVConfig):
+        raise TypeError(
+            f"the model config must be a prosg_jax.RWKVConfig (RWKVConfig.rwkv7(...), or the "
+            f"one load_rwkv returns), got {type(cfg).__name__}"
+        )
+
+
+def check_deltas(cfg: RWKVConfig, deltas, batch: int) -> None:
+    """Raises ``ValueError`` unless ``deltas`` maps target paths to fitting :class:`LowRankDelta`.
+
+    Each ``u`` is ``[batch, d_out, r]`` and ``v`` ``[batch, d_in, r]`` of the
+    target's ``(d_out, d_in)``, both with the same rank ``r``; ``scale`` is a
+    scalar, ``[batch]`` or ``[batch, T]``.
+    """
+    if not isinstance(deltas, Mapping):
+        raise ValueError(
+            f"deltas must be a dict of target path -> LowRankDelta, got {deltas!r:.80}"
+        )
+    names = target_names(cfg)
+    for name, d in deltas.items():
+        if name not in names:
+            raise ValueError(f"deltas name unknown target {name!r}; see target_names(cfg)")
+        if not isinstance(d, LowRankDelta):
+            raise ValueError(
+                f"deltas[{name!r}] must be a LowRankDelta(u, v, scale), got {type(d).__name__}"
+            )
+        d_out, d_in = target_shape(cfg, name)
+        u, v, scale = (np.shape(x) for x in d)
+        if len(u) != 3 or len(v) != 3 or u[0] != batch or v[0] != batch or u[-1] != v[-1]:
+            raise ValueError(
+                f"deltas[{name!r}] has u {u} and v {v}: they must be [B, O, r] and [B, I, r] "
+                f"with one rank r (B={batch}, O={d_out}, I={d_in})"
+            )
+        if (u[1], v[1]) != (d_out, d_in):
+            raise ValueError(
+                f"deltas[{name!r}] has u {u} and v {v}: the target is {d_out}x{d_in}, so they "
+                f"must be [{batch}, {d_out}, r] and [{batch}, {d_in}, r]"
+            )
+        if len(scale) > 2 or (scale and scale[0] != batch):
+            raise ValueError(
+                f"deltas[{name!r}].scale has shape {scale}: a scalar, [B] or [B, T] (B={batch})"
+            )
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,17 +228,22 @@ def _layer_state_spec(cfg: RWKVConfig, batch: int):
 
 
 def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
-    if len(state) != cfg.n_layer:
-        raise ValueError(f"state has {len(state)} layers, the model has {cfg.n_layer}")
+    if not isinstance(state, Sequence) or len(state) != cfg.n_layer:
+        n = len(state) if isinstance(state, Sequence) else type(state).__name__
+        raise ValueError(f"state has {n} layers, the model has {cfg.n_layer}")
     kind, fields, shapes = _layer_state_spec(cfg, batch)
     for i, layer in enumerate(state):
         if type(layer).__name__ != kind or len(layer) != len(fields):
             raise ValueError(f"state[{i}] is not an RWKV-{cfg.version} LayerState")
         for field, got, exp in zip(fields, layer, shapes, strict=True):
-            if tuple(got.shape) != exp:
+            if tuple(np.shape(got)) != exp:
                 raise ValueError(
-                    f"state[{i}].{field} has shape {tuple(got.shape)}, expected "
+                    f"state[{i}].{field} has shape {tuple(np.shape(got))}, expected "
                     f"{exp} (batch {batch})"
+                )
+            if jnp.result_type(got) != jnp.float32:  # the recurrence always runs in float32
+                raise ValueError(
+                    f"state[{i}].{field} has dtype {jnp.result_type(got)}; states are float32"
                 )
 
 
@@ -261,6 +327,7 @@ def forward(
     Returns:
       ``(logits float32[B, T, V], state after the last token)``.
     """
+    check_model_config(cfg)
     tokens = as_token_array(tokens)
     check_tokens(cfg, tokens, ndim=2)
     check_params(cfg, params)
@@ -272,9 +339,7 @@ def forward(
     else:
         _check_state(cfg, state, batch)
     if deltas is not None:
-        unknown = sorted(set(deltas) - set(target_names(cfg)))
-        if unknown:
-            raise ValueError(f"deltas name unknown target(s) {unknown[:3]}; see target_names(cfg)")
+        check_deltas(cfg, deltas, batch)
     logits, state, _ = _forward_jit(
         cfg,
         params,
@@ -295,6 +360,7 @@ def step(
     deltas: Deltas | None = None,
 ) -> tuple[Float[Array, "B V"], State]:
     """One generation step: logits for ``token`` and the advanced state."""
+    check_model_config(cfg)
     token = as_token_array(token, "token")
     check_tokens(cfg, token, ndim=1, what="token")
     logits, state = forward(cfg, params, jnp.asarray(token)[:, None], state, deltas=deltas)

@@ -435,6 +435,25 @@ def _base_rows(batch: dict, loss_on: str, answer_weight: float) -> dict[str, np.
     }
 
 
+def _process_slice(batch_size: int) -> slice:
+    """This process' rows of a global batch: contiguous, in process order.
+
+    Every process builds the same global batch and keeps its slice, so a run's
+    batches — and its parameters — do not depend on how many processes share it
+    (the devices of a mesh are ordered by process, and each process' rows land
+    on its own devices).
+    """
+    index, count = jax.process_index(), jax.process_count()
+    if batch_size % count:
+        raise UserError(f"batch size {batch_size} is not divisible by {count} processes")
+    per = batch_size // count
+    return slice(index * per, (index + 1) * per)
+
+
+def _rows(batch: dict, cut: slice) -> dict:
+    return {k: v[cut] for k, v in batch.items()}
+
+
 def base_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDataset:
     """Packed LM rows of one dataset (answer tokens marked for the loss weighting)."""
     spec = parse_dataset(name)
@@ -453,15 +472,16 @@ def base_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterData
             seed=seed,
             too_long="truncate",
             num_workers=settings.num_workers,
+            shard_index=0,  # the global batch on every process; _process_slice keeps ours
+            shard_count=1,
         ),
         source=source,
         tokenizer=settings.tokenizer,
     )
-    return ds.map(
-        functools.partial(
-            _base_rows, loss_on=settings.loss_on, answer_weight=settings.answer_weight
-        )
+    rows = functools.partial(
+        _base_rows, loss_on=settings.loss_on, answer_weight=settings.answer_weight
     )
+    return ds.map(rows).map(functools.partial(_rows, cut=_process_slice(settings.batch_size)))
 
 
 def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDataset:
@@ -476,18 +496,15 @@ def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDat
         prompt_len=settings.prompt_len,
         cont_len=settings.cont_len,
     )
-    index, count = jax.process_index(), jax.process_count()
-    if settings.batch_size % count:
-        raise UserError(f"batch size {settings.batch_size} is not divisible by {count} processes")
+    cut = _process_slice(settings.batch_size)
     ds = grain.MapDataset.source(source)
-    per_shard = len(ds) // count
-    if per_shard < 1:
-        raise UserError(f"dataset {name} has {len(ds)} training examples: too few")
-    ds = ds[: per_shard * count][index::count].shuffle(seed=seed).repeat(None).map(encode)
+    if len(ds) < 1:
+        raise UserError(f"dataset {name} has no training examples")
+    ds = ds.shuffle(seed=seed).repeat(None).map(encode)
     # Widths sized from a sample: a rare longer prompt is skipped, never a crash mid-run.
     ds = ds.filter(lambda ex: len(ex["prompt"]) <= p)
-    return ds.to_iter_dataset().batch(
-        settings.batch_size // count,
+    batches = ds.to_iter_dataset().batch(
+        settings.batch_size,
         drop_remainder=True,
         batch_fn=functools.partial(
             make_prosg_batch,
@@ -497,6 +514,7 @@ def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDat
             answer_weight=settings.answer_weight,
         ),
     )
+    return batches.map(functools.partial(_rows, cut=cut))
 
 
 def phase_iterator(stage: str, phase: Phase, phase_number: int, settings: DataSettings):

@@ -16,6 +16,7 @@ import ml_collections
 from prosg_jax.config import ProSGConfig, RWKVConfig, model_config_from_dict
 from prosg_jax.errors import UserError
 from prosg_jax.train import data as data_lib
+from prosg_jax.train.config_check import check_config
 
 STAGES = ("base", "prosg", "joint")
 # RWKVConfig fields that fix parameter shapes (dtype is only the compute dtype).
@@ -137,30 +138,16 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     """
     from prosg_jax.train import optim  # the optimizer is validated here too
 
+    check_config(config)
     names = stages(config)
     model = model_config(config)
     prosg_cfg = prosg_config(config)
-    prosg_cfg.targets(model)  # a target the model lacks fails here, not mid-run
-    if config.data.loss_on not in ("answers", "all"):
-        raise UserError(
-            f"config.data.loss_on must be 'answers' or 'all', got {config.data.loss_on!r}"
-        )
-    if not config.data.answer_weight > 0:
-        raise UserError(
-            f"config.data.answer_weight must be positive, got {config.data.answer_weight}"
-        )
+    prosg_cfg.targets(model)  # checked by check_config; kept as the typed objects' own rule
     curricula = {}
     for stage in names:
-        st = config.train[stage]
-        if st.steps < 0 or st.batch_size < 1 or st.lr <= 0:
-            raise UserError(f"config.train.{stage}: steps >= 0, batch_size >= 1 and lr > 0 needed")
         curricula[stage] = curriculum(config, stage)
         for phase in curricula[stage]:
             for name, _ in phase.mixture:
                 data_lib.check_vocab(data_lib.parse_dataset(name), model.vocab_size)
-        optim.make_optimizer(config.train, st)
-    if config.train.grad_accum < 1:
-        raise UserError("config.train.grad_accum must be >= 1")
-    if config.train.log_every < 1 or config.train.checkpoint_every < 1:
-        raise UserError("config.train.log_every and checkpoint_every must be >= 1")
+        optim.make_optimizer(config.train, config.train[stage])
     return Experiment(model=model, prosg=prosg_cfg, stages=names, curricula=curricula)

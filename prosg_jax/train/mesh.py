@@ -81,9 +81,17 @@ def put_tree(mesh: Mesh, tree):
 
 
 def to_host(tree):
-    """A numpy copy of a (possibly sharded, possibly multi-host) pytree on every process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    """A numpy copy of a (possibly sharded, possibly multi-host) pytree on every process.
 
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, tree)
+    An array spread over several processes' devices is gathered into its
+    global value; one this process holds whole (e.g. computed on its default
+    device) is copied as it is, not stacked with the other processes' copies.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
