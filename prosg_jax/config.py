@@ -65,15 +65,15 @@ class RWKVConfig:
     wkv_impl: str = "auto"
 
     def __post_init__(self):
-        if not _is_int(self.version) or self.version not in (4, 7):
+        if not is_int(self.version) or self.version not in (4, 7):
             raise ValueError(f"RWKVConfig.version must be 4 or 7, got {self.version}")
         for name in ("vocab_size", "d_model", "n_layer", "d_ffn", "head_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"RWKVConfig.{name} must be a positive int, got {value!r}")
         for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"RWKVConfig.{name} must be an int >= 0, got {value!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(
@@ -201,7 +201,8 @@ def target_shape(model: RWKVConfig, name: str) -> tuple[int, int]:
     return {"ffn.key": (f, c), "ffn.value": (c, f)}.get(matrix, (c, c))
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
+    """An int (Python or numpy), not a bool."""
     return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
 
 
@@ -261,9 +262,9 @@ class ProSGConfig:
             raise ValueError(f"ProSGConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         for name in ("rank", "sg_hidden", "key_dim", "power_iters", "true_grad_steps"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"ProSGConfig.{name} must be a positive int, got {value!r}")
-        if not _is_int(self.sketch_seed):
+        if not is_int(self.sketch_seed):
             raise ValueError(f"ProSGConfig.sketch_seed must be an int, got {self.sketch_seed!r}")
         for name in ("true_grad_lr", "sg_match_weight", "sg_match_lr"):
             value = getattr(self, name)
@@ -321,7 +322,7 @@ def _name_tuple(matrices) -> tuple[str, ...]:
 
 
 def _layer_tuple(layers) -> tuple[int, ...]:
-    if not isinstance(layers, tuple | list) or not all(_is_int(i) for i in layers):
+    if not isinstance(layers, tuple | list) or not all(is_int(i) for i in layers):
         raise ValueError(
             f"ProSGConfig.layers must be None or a tuple of layer indices, got {layers!r}"
         )

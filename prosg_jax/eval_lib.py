@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import provenance
+from prosg_jax import prosg, provenance
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.clock import PhaseClock
 from prosg_jax.config import METHODS, ProSGConfig
@@ -142,23 +142,26 @@ def _score_block(
     model_cfg,
     params,
     deltas,
-    state,
-    inputs: jax.Array,  # int32[B, W]
-    positions: jax.Array,  # int32[B, W]
+    tail: prosg.PromptTail,
     targets: jax.Array,  # int32[B, W]
     mask: jax.Array,  # float32[B, W]
 ):
-    """Reads one block of a teacher-forced continuation from ``state``.
+    """Teacher-forces one block of a continuation from where ``tail`` left off.
 
     Returns:
-      ``(state after the block, float32[B] summed NLL over mask, int32[B, W] argmax)``.
+      ``(tail, nll, argmax)``: where the next block resumes (the state after
+      this one, its last target and that target's position), ``float32[B]``
+      NLL summed over ``mask`` and the ``int32[B, W]`` argmax predictions.
     """
+    inputs, positions = prosg.continuation_inputs(tail, targets)
     logits, state, _ = forward_core(
-        model_cfg, params, inputs, state, deltas=deltas, positions=positions
+        model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
     )
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return state, (nll * mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)
+    # targets[:, -1] is read first in the next block, one position after this block's last
+    following = prosg.PromptTail(state=state, token=targets[:, -1], position=positions[:, -1] + 1)
+    return following, (nll * mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------- data
@@ -329,22 +332,16 @@ def teacher_forced(
                 arrays["prompt_lengths"],
             )
             jax.block_until_ready(deltas)
-        # prosg.continuation_inputs on the host: eager jnp ops would compile per width
-        targets = arrays["targets"]
-        inputs = np.concatenate([np.asarray(tail.token)[:, None], targets[:, :-1]], axis=1)
-        positions = np.asarray(tail.position)[:, None] + np.arange(k, dtype=np.int32)[None]
-        state, out = tail.state, []
+        out = []
         with clock.phase("read"):
             for s in range(0, k, block):
                 cut = slice(s, s + block)
-                state, *scored = _score_block(
+                tail, *scored = _score_block(
                     run.model_cfg,
                     run.params,
                     deltas,
-                    state,
-                    inputs[:, cut],
-                    positions[:, cut],
-                    targets[:, cut],
+                    tail,
+                    arrays["targets"][:, cut],
                     arrays["loss_mask"][:, cut],
                 )
                 out.append(scored)

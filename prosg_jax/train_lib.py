@@ -134,12 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
         start_distributed()
     _check_workdir_model(workdir, exp)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-    tokenizer = get_tokenizer(config.tokenizer)
-    if tokenizer.vocab_size > exp.model.vocab_size:
-        raise UserError(
-            f"tokenizer {config.tokenizer!r} has {tokenizer.vocab_size} ids but "
-            f"config.model.vocab_size is {exp.model.vocab_size}"
-        )
+    tokenizer = get_tokenizer(config.tokenizer)  # fits the vocabulary: check_config
     directory = data_lib.data_dir(config, workdir)
     for phases in exp.curricula.values():  # build every dataset before the first step
         for phase in phases:

@@ -617,6 +617,13 @@ class WorldTokenizer:
 # --------------------------------------------------------------------------- #
 
 _TOKENIZERS = {"byte": ByteTokenizer, "world": WorldTokenizer}
+TOKENIZER_NAMES = tuple(_TOKENIZERS)
+
+
+def tokenizer_vocab_size(name: str) -> int:
+    """The number of ids of the tokenizer ``name``, without building it (the world
+    tokenizer takes seconds to build)."""
+    return _TOKENIZERS[name].vocab_size
 
 
 def get_tokenizer(name: str) -> Tokenizer:

@@ -24,31 +24,35 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from prosg_jax.config import METHODS, POOLINGS, TARGETS, WKV_IMPLS
+from prosg_jax.config import (
+    METHODS,
+    POOLINGS,
+    TARGETS,
+    WKV_IMPLS,
+    ProSGConfig,
+    is_int,
+    model_config_from_dict,
+)
+from prosg_jax.data.tokenizers import TOKENIZER_NAMES, tokenizer_vocab_size
 from prosg_jax.errors import UserError
 
 Rule = Callable[[Any], str | None]  # the problem with a value, or None
 
-STAGE_NAMES = ("base", "prosg", "joint")
-TOKENIZERS = ("byte", "world")
+STAGES = ("base", "prosg", "joint")
 EVAL_SPLITS = ("test", "validation")  # report on test; tune on validation
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
-
-
 def _is_real(x) -> bool:
-    return (_is_int(x) or isinstance(x, float | np.floating)) and math.isfinite(float(x))
+    return (is_int(x) or isinstance(x, float | np.floating)) and math.isfinite(float(x))
 
 
 def integer(lo: int | None = None, hi: int | None = None, *, also: tuple = ()) -> Rule:
     """An int in ``[lo, hi]`` (either bound may be open-ended), or one of ``also``."""
 
     def rule(x):
-        if _is_int(x) and x in also:
+        if is_int(x) and x in also:
             return None
-        if not _is_int(x):
+        if not is_int(x):
             return "must be an integer"
         if lo is not None and x < lo or hi is not None and x > hi:
             span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
@@ -109,14 +113,9 @@ def int_list(lo: int = 0, *, distinct: bool = True, allow_empty: bool = True) ->
     return rule
 
 
-def path_or_empty(x) -> str | None:
-    """A file path ('' = none); existence is checked where the file is read."""
-    return text(x)
-
-
 def _stage_rules() -> dict[str, Rule]:
     rules = {}
-    for stage in STAGE_NAMES:
+    for stage in STAGES:
         rules |= {
             f"train.{stage}.steps": integer(0),
             f"train.{stage}.lr": real(0, lo_open=True),
@@ -129,8 +128,8 @@ def _stage_rules() -> dict[str, Rule]:
 
 RULES: dict[str, Rule] = {
     "seed": integer(0, 2**31 - 1),
-    "tokenizer": choice(*TOKENIZERS),
-    "init_from": path_or_empty,
+    "tokenizer": choice(*TOKENIZER_NAMES),
+    "init_from": text,  # a path or ""; it is checked where it is read
     "distributed": boolean,
     "mesh.data": integer(1, also=(-1,)),
     "mesh.fsdp": integer(1, also=(-1,)),
@@ -156,7 +155,7 @@ RULES: dict[str, Rule] = {
     "prosg.sg_match_weight": real(0),
     "prosg.sg_lookahead": boolean,
     "prosg.sg_match_lr": real(-math.inf),
-    "data.data_dir": path_or_empty,
+    "data.data_dir": text,
     "data.train_mixture": text,
     "data.loss_on": choice("answers", "all"),
     "data.answer_weight": real(0, lo_open=True),
@@ -191,7 +190,7 @@ RULES: dict[str, Rule] = {
     "eval.num_examples": integer(1),
     "eval.seeds": int_list(0, allow_empty=False),
     "eval.batch_size": integer(1),
-    "eval.sg_checkpoint": path_or_empty,
+    "eval.sg_checkpoint": text,
 }
 
 
@@ -211,37 +210,31 @@ def field_error(path: str, value, problem: str) -> UserError:
 
 def _cross_field(config: ml_collections.ConfigDict) -> None:
     """The rules that tie fields together."""
-    model = config.model
-    valid = TARGETS[model.version]
-    matrices = [m.strip() for m in config.prosg.matrices.split(",") if m.strip()]
+    try:
+        model = model_config_from_dict(config.model.to_dict())
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.model: {e}") from e
+    matrices = tuple(m.strip() for m in config.prosg.matrices.split(",") if m.strip())
     if not matrices:
+        valid = TARGETS[model.version]
         raise field_error("prosg.matrices", config.prosg.matrices, f"name one of {valid}")
-    bad = [m for m in matrices if m not in valid]
-    if bad:
-        raise field_error(
-            "prosg.matrices",
-            config.prosg.matrices,
-            f"RWKV-{model.version} has no target matrix {bad}; choose from {valid}",
-        )
-    if len(set(matrices)) != len(matrices):
-        raise field_error("prosg.matrices", config.prosg.matrices, "names a matrix twice")
-    layers = [int(s) for s in config.prosg.layers.split(",") if s.strip()]
-    outside = [i for i in layers if not 0 <= i < model.n_layer]
-    if outside:
-        raise field_error(
-            "prosg.layers",
-            config.prosg.layers,
-            f"target layers {outside} outside [0, {model.n_layer}) (config.model.n_layer)",
-        )
+    layers = tuple(int(s) for s in config.prosg.layers.split(",") if s.strip()) or None
+    # ProSGConfig's own rules, each reported against the field that broke it
+    for field, value in (("matrices", matrices), ("layers", layers)):
+        try:
+            ProSGConfig(**{field: value}).targets(model)
+        except ValueError as e:
+            extra = " (config.model.n_layer)" if field == "layers" else ""
+            raise field_error(f"prosg.{field}", config.prosg[field], f"{e}{extra}") from None
     stages = [s.strip() for s in config.train.stages.split(",") if s.strip()]
-    bad = [s for s in stages if s not in STAGE_NAMES]
+    bad = [s for s in stages if s not in STAGES]
     if bad or not stages or len(set(stages)) != len(stages):
         raise field_error(
             "train.stages",
             config.train.stages,
-            f"name distinct stages from {STAGE_NAMES}, in order",
+            f"name distinct stages from {STAGES}, in order",
         )
-    vocab = {"byte": 258, "world": 65536}[config.tokenizer]
+    vocab = tokenizer_vocab_size(config.tokenizer)
     if vocab > model.vocab_size:
         raise field_error(
             "tokenizer",
