@@ -1,4 +1,4 @@
-"""Trains a prosg_jax model; see ``prosg_jax.train_lib``.
+"""Trains a prosg_jax model; see ``prosg_jax.train.trainer``.
 
 python train.py --workdir W  # configs/default.py, the README's main job
 
@@ -8,7 +8,8 @@ Running the same command again resumes from the latest checkpoint.
 from absl import flags
 from ml_collections import config_flags
 
-from prosg_jax import cli, train_lib
+from prosg_jax import cli
+from prosg_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.DEFAULT_CONFIG, "Experiment config file.", lock_config=True
@@ -19,8 +20,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/prosg_jax", "Checkpoints, metric
 def main(argv):
     del argv
     try:
-        train_lib.train(_CONFIG.value, _WORKDIR.value)
-    except train_lib.Preempted as e:
+        trainer.train(_CONFIG.value, _WORKDIR.value)
+    except trainer.Preempted as e:
         print(f"train.py: {e}", flush=True)
         raise SystemExit(143) from None
 

@@ -30,18 +30,15 @@ import numpy as np
 from generate_bench import _best_of  # benchmarks/: alternating cases, best of N
 
 import prosg_jax as pj
-from prosg_jax.data import build
-from prosg_jax.train import data as data_lib
+from prosg_jax import tasks
 
 
 def sample_prompts(dataset: str, tokenizer, batch: int) -> list[list[int]]:
     """The prompts of the first ``batch`` test examples of ``dataset``, as the run reads them."""
-    spec = data_lib.parse_dataset(dataset)
-    make = build.BUILDERS[spec.dataset].make_example
+    spec = tasks.parse_dataset(dataset)
+    make = spec.task.builder.make_example
     return [
-        data_lib.encode_record(
-            make(spec.config, "test", i), dataset=spec.dataset, tokenizer=tokenizer
-        )["prompt"].tolist()
+        spec.task.encode(make(spec.config, "test", i), tokenizer)["prompt"].tolist()
         for i in range(batch)
     ]
 

@@ -82,7 +82,6 @@ def our_cases(path: str, prompt: np.ndarray, args) -> tuple[dict, dict[str, int]
 
     import prosg_jax as pj
     from prosg_jax import prosg
-    from prosg_jax.config import TARGETS
 
     cfg, params = pj.load_rwkv(path)
 
@@ -97,7 +96,9 @@ def our_cases(path: str, prompt: np.ndarray, args) -> tuple[dict, dict[str, int]
 
         return setup, run
 
-    pc = pj.ProSGConfig(method="prosg", rank=args.rank, matrices=TARGETS[4])
+    pc = pj.ProSGConfig(
+        method="prosg", rank=args.rank, matrices=pj.models.model_family(cfg).targets
+    )
     sg = prosg.init(jax.random.key(1), cfg, pc)
     sg = {n: {**p, "scale": np.float32(0.1)} for n, p in sg.items()}
     cases = {

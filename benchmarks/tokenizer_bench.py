@@ -2,8 +2,11 @@
 
 Builds about 1 MB of mixed English prose, source code, CJK text, emoji,
 accented/other scripts and whitespace runs from a fixed seed, encodes it with
-both tokenizers in the same process, prints MB/s for each and the speed ratio,
-and checks that the ids are identical.
+the tokenizers in the same process, prints MB/s for each and the speed ratios,
+and checks that the ids are identical. ``WorldTokenizer`` runs twice: with
+its own encoder (``fast=False``) and, when ``pyrwkv_tokenizer`` is installed
+(``pip install prosg_jax[fast]``), with that compiled encoder behind the same
+interface (the default).
 
 Usage:
     python benchmarks/tokenizer_bench.py [--mb 1.0] [--seed 0] [--repeats 3]
@@ -22,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from prosg_jax.data.tokenizers import _DEFAULT_WORLD_VOCAB, WorldTokenizer
+from prosg_jax.data.tokenizers import WorldTokenizer
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at "
@@ -111,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"text: {mb:.3f} MB UTF-8, {len(text):,} characters, seed {args.seed}")
 
     t0 = time.perf_counter()
-    ours = WorldTokenizer()
+    ours = WorldTokenizer(fast=False)
     t_ours_init = time.perf_counter() - t0
+    fast = WorldTokenizer()
     t0 = time.perf_counter()
-    ref = TRIE_TOKENIZER(str(_DEFAULT_WORLD_VOCAB))
+    ref = TRIE_TOKENIZER(str(ours.vocab_path))
     t_ref_init = time.perf_counter() - t0
     print(f"init: ours {t_ours_init:.2f} s, reference {t_ref_init:.2f} s")
 
@@ -133,8 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours (warm memo, for context):           {mb / t_warm:7.2f} MB/s ({t_warm:.3f} s)")
     print(f"reference (TRIE_TOKENIZER.encode):       {mb / t_ref:7.2f} MB/s ({t_ref:.3f} s)")
     print(f"speed ratio ours (cold) / reference: {t_ref / t_ours:.2f}x")
+    same = True
+    if fast.fast and fast._fast is not None:
+        t_fast, ids_fast = _best_time(lambda: fast.encode(text), args.repeats)
+        print(f"WorldTokenizer() with pyrwkv_tokenizer:  {mb / t_fast:7.2f} MB/s ({t_fast:.3f} s)")
+        print(f"speed ratio pyrwkv path / ours (cold): {t_ours / t_fast:.2f}x")
+        same = np.array_equal(ids_fast, np.asarray(ids_ref, dtype=np.int32))
+    else:
+        print(
+            "WorldTokenizer() with pyrwkv_tokenizer:  not installed (pip install prosg_jax[fast])"
+        )
 
-    same = np.array_equal(np.asarray(ids_ours), np.asarray(ids_ref, dtype=np.int32))
+    same &= np.array_equal(np.asarray(ids_ours), np.asarray(ids_ref, dtype=np.int32))
     print(f"ids identical: {same} ({len(ids_ref):,} tokens)")
     roundtrip = ours.decode(ids_ours) == text
     print(f"round trip exact: {roundtrip}")

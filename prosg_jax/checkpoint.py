@@ -1,6 +1,6 @@
 """Reading official BlinkDL RWKV checkpoints (``.pth`` / ``.safetensors``).
 
-``load_rwkv`` detects the model version from the key names, derives the
+``load_rwkv`` detects the model family from the key names, derives the
 :class:`~prosg_jax.config.RWKVConfig` from the tensor shapes, and checks the
 file against the exact layout that config implies before any array reaches
 the model: a wrong, truncated or foreign file fails with one clear line.
@@ -20,11 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosg_jax.config import RWKVConfig
-from prosg_jax.models.lm import all_finite, check_params, model_module
+from prosg_jax.models.family import Family, families
+from prosg_jax.models.lm import all_finite, check_params, model_family
 
-# Present in official RWKV-7 checkpoints but unused by the model (layer 0
-# defines v_first and has no value residual).
-_IGNORED_V7 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -100,17 +98,18 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
     raise _unsupported_format(path)
 
 
-def detect_version(keys) -> int:
-    """4 or 7 from the key names; RWKV-5/6 and foreign layouts are rejected."""
+def detect_family(keys) -> Family:
+    """The model family whose official layout the key names follow; RWKV-5/6 and
+    foreign layouts are rejected."""
     keys = list(keys)
-    if any(".att.r_k" in k or ".att.x_r" in k for k in keys):
-        return 7
+    for family in families():
+        if family.detect is not None and family.detect(keys):
+            return family
     if any(s in k for k in keys for s in ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")):
         raise CheckpointError("RWKV-5/6 checkpoints are not supported; use RWKV-4 or RWKV-7")
-    if any(".att.time_mix_k" in k for k in keys):
-        return 4
+    known = [f.name for f in families() if f.detect is not None]
     raise CheckpointError(
-        f"unknown checkpoint layout: not an RWKV-4/7 state dict (first keys: {keys[:4]})"
+        f"unknown checkpoint layout: not a {'/'.join(known)} state dict (first keys: {keys[:4]})"
     )
 
 
@@ -125,7 +124,7 @@ def _shape(tensors: Mapping[str, np.ndarray], key: str, axis: int) -> int:
 
 def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVConfig:
     """The :class:`RWKVConfig` implied by a state dict's key names and shapes."""
-    version = detect_version(tensors)
+    family = detect_family(tensors)
     layers = {int(m.group(1)) for k in tensors if (m := _BLOCK_RE.match(k))}
     if not layers:
         raise CheckpointError("checkpoint has no 'blocks.<i>.' tensors")
@@ -144,21 +143,23 @@ def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVCo
         d_ffn=_shape(tensors, "blocks.0.ffn.key.weight", 0),
         dtype=dtype,
     )
-    if version == 4:
-        extra = {}
-    else:
-        mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
-        extra = dict(
-            head_size=_shape(tensors, "blocks.0.att.r_k", 1),
-            d_decay_lora=_shape(tensors, "blocks.0.att.w1", 1),
-            d_aaa_lora=_shape(tensors, "blocks.0.att.a1", 1),
-            d_mv_lora=_shape(tensors, mv_key, 1) if mv_key in tensors else 32,
-            d_gate_lora=_shape(tensors, "blocks.0.att.g1", 1),
-        )
+    extra = family.config_fields(tensors, lambda key, axis: _shape(tensors, key, axis), common)
     try:
-        return RWKVConfig(version=version, **common, **extra)
+        return RWKVConfig(version=family.version, **common, **extra)
     except ValueError as e:  # shapes that no valid model has (e.g. C % head_size != 0)
         raise CheckpointError(f"inconsistent tensor shapes: {e}") from e
+
+
+def official_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
+    """``(official key, path in params, official shape)`` of every tensor of ``cfg``'s model.
+
+    Raises:
+      CheckpointError: the model's family has no official checkpoint format.
+    """
+    family = model_family(cfg)
+    if family.checkpoint_layout is None:
+        raise CheckpointError(f"{family.name} models have no official checkpoint format")
+    return family.checkpoint_layout(cfg)
 
 
 def _set_path(tree: dict, path: tuple, value) -> None:
@@ -171,9 +172,10 @@ def params_from_tensors(
     cfg: RWKVConfig, tensors: Mapping[str, np.ndarray], dtype=jnp.float32
 ) -> dict:
     """Checks a state dict against ``cfg``'s exact layout and builds the param pytree."""
-    layout = model_module(cfg).checkpoint_layout(cfg)
+    family = model_family(cfg)
+    layout = official_layout(cfg)
     expected = {k for k, _, _ in layout}
-    ignored = set(_IGNORED_V7) if cfg.version == 7 else set()
+    ignored = family.ignored_keys
     missing = sorted(expected - set(tensors))
     if missing:
         raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
@@ -231,7 +233,7 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
     if not all_finite(params):
         raise CheckpointError(f"not writing {path}: the params hold NaN or infinite values")
     tensors = {}
-    for key, tree_path, shape in model_module(cfg).checkpoint_layout(cfg):
+    for key, tree_path, shape in official_layout(cfg):
         leaf = params
         for part in tree_path:
             leaf = leaf[part]

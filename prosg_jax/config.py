@@ -28,12 +28,22 @@ def _lora_dim(d_model: int, factor: float) -> int:
     return max(32, int(round(factor * math.sqrt(d_model) / 32) * 32))
 
 
+def _family(version):
+    # The registry lives with the models, which import this module; configs
+    # resolve it only when they are built, after every module has loaded.
+    from prosg_jax.models.family import family_of
+
+    return family_of(version)
+
+
 @dataclasses.dataclass(frozen=True)
 class RWKVConfig:
-    """Shape and numerics of an RWKV-4 or RWKV-7 language model.
+    """Shape and numerics of a recurrent language model: RWKV-4, RWKV-7 or a
+    registered family (``prosg_jax.models.family``).
 
     Attributes:
-      version: 4 or 7.
+      version: the model family: 4 or 7 (RWKV), or a registered family's
+        version.
       vocab_size: number of token ids ``V``.
       d_model: residual width ``C``.
       n_layer: number of blocks ``L``.
@@ -51,7 +61,7 @@ class RWKVConfig:
         choice gives the same results to float32 rounding.
     """
 
-    version: int
+    version: int | str
     vocab_size: int
     d_model: int
     n_layer: int
@@ -65,8 +75,10 @@ class RWKVConfig:
     wkv_impl: str = "auto"
 
     def __post_init__(self):
-        if not is_int(self.version) or self.version not in (4, 7):
-            raise ValueError(f"RWKVConfig.version must be 4 or 7, got {self.version}")
+        try:
+            family = _family(self.version)
+        except ValueError as e:
+            raise ValueError(f"RWKVConfig.version {e}") from None
         for name in ("vocab_size", "d_model", "n_layer", "d_ffn", "head_size"):
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
@@ -83,15 +95,7 @@ class RWKVConfig:
             raise ValueError(
                 f"RWKVConfig.wkv_impl must be one of {WKV_IMPLS}, got {self.wkv_impl!r}"
             )
-        if self.version == 7:
-            if self.head_size <= 0 or self.d_model % self.head_size:
-                raise ValueError(
-                    f"RWKV-7 d_model ({self.d_model}) must be a multiple of head_size "
-                    f"({self.head_size})"
-                )
-            for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
-                if getattr(self, name) <= 0:
-                    raise ValueError(f"RWKV-7 config needs a positive {name}")
+        family.check_config(self)
 
     @property
     def n_head(self) -> int:
@@ -161,44 +165,22 @@ class RWKVConfig:
 def model_config_from_dict(d) -> RWKVConfig:
     """Builds the frozen :class:`RWKVConfig` from an experiment config's ``model`` dict.
 
-    Keys: ``version`` (4 or 7), ``vocab_size``, ``d_model``, ``n_layer``,
-    optional ``d_ffn``, ``head_size`` (RWKV-7), ``dtype`` and ``wkv_impl``.
+    Keys: ``version`` (the family: 4, 7 or a registered one), ``vocab_size``,
+    ``d_model``, ``n_layer``, optional ``d_ffn``, ``head_size`` (RWKV-7),
+    ``dtype`` and ``wkv_impl``; the family's preset fills the widths not given.
     """
     d = dict(d)
-    version = d.pop("version", None)
-    if version == 4:
-        d.pop("head_size", None)
-        return RWKVConfig.rwkv4(**d)
-    if version == 7:
-        return RWKVConfig.rwkv7(**d)
-    raise ValueError(f"config.model.version must be 4 or 7, got {version!r}")
+    try:
+        family = _family(d.pop("version", None))
+    except ValueError as e:
+        raise ValueError(f"config.model.version {e}") from None
+    if family.preset is None:
+        return RWKVConfig(version=family.version, **d)
+    return family.preset(**d)
 
 
 METHODS = ("none", "prosg", "true_grad", "repeat_prompt")
 POOLINGS = ("query", "sketch", "power")
-
-# Every linear map of a block that accepts a low-rank delta, per RWKV version.
-# It lives here, below the models, so that configs can validate target names
-# without importing model code.
-TARGETS: dict[int, tuple[str, ...]] = {
-    4: (
-        "att.key",
-        "att.value",
-        "att.receptance",
-        "att.output",
-        "ffn.key",
-        "ffn.value",
-        "ffn.receptance",
-    ),
-    7: ("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value"),
-}
-
-
-def target_shape(model: RWKVConfig, name: str) -> tuple[int, int]:
-    """``(d_out, d_in)`` of a target path such as ``"blocks.0.ffn.key"``."""
-    matrix = name.split(".", 2)[2]
-    c, f = model.d_model, model.d_ffn
-    return {"ffn.key": (f, c), "ffn.value": (c, f)}.get(matrix, (c, c))
 
 
 def is_int(x) -> bool:
@@ -292,11 +274,11 @@ class ProSGConfig:
         Raises:
           ValueError: a matrix the model does not have, or a layer out of range.
         """
-        valid = TARGETS[model.version]
-        bad = [m for m in self.matrices if m not in valid]
+        family = _family(model.version)
+        bad = [m for m in self.matrices if m not in family.targets]
         if bad:
             raise ValueError(
-                f"RWKV-{model.version} has no target matrix {bad}; choose from {valid}"
+                f"{family.name} has no target matrix {bad}; choose from {family.targets}"
             )
         layers = range(model.n_layer) if self.layers is None else self.layers
         out_of_range = [i for i in layers if not 0 <= i < model.n_layer]

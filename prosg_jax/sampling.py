@@ -1,4 +1,4 @@
-"""Generation: one prefill, one ``lax.while_loop`` decode, teacher-forced completion.
+"""Generation: one prefill, one ``lax.while_loop`` decode over a step function.
 
 **Padding convention** (every entry point): prompts are right-padded
 ``int32[B, P]`` with ``prompt_lengths int32[B]`` — row ``b``'s ids in columns
@@ -13,13 +13,14 @@ resets its state.
 token, the deltas are derived from the whole prompt, and the last prompt
 token is replayed under the deltas (one T=1 step), so the first generated
 token and every state after the prompt are under the deltas. With contexts
-(:func:`complete`), each row's prompt and context are left-aligned together
+(``prosg_jax.complete``), each row's prompt and context are left-aligned together
 and read in one parallel pass from a fresh state, the deltas gated on from
 the prompt's last token: rows of different context lengths never run padding
 through their state, and each row equals running it alone.
 
-**Decode** (:func:`decode_chunk`) is a jitted ``lax.while_loop`` over a
-:class:`SamplingState` with donated buffers: greedy, temperature, top-k and
+**Decode** (:func:`decode_chunk`) is a jitted ``lax.while_loop``
+(:func:`decode_loop`, which takes the model as a one-token step function)
+over a :class:`SamplingState` with donated buffers: greedy, temperature, top-k and
 top-p sampling; per-row stop tokens; the loop exits as soon as every row has
 stopped. Calling it again continues where it stopped (streaming). It casts
 the weights and delta factors to the compute dtype once per call, not once
@@ -35,10 +36,9 @@ generated tokens, ``S`` stop ids per row, ``V`` vocab.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import flax.struct
@@ -48,21 +48,18 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from prosg_jax.config import METHODS, ProSGConfig, RWKVConfig
-from prosg_jax.data.tokenizers import Tokenizer, get_tokenizer
 from prosg_jax.models.layers import Deltas
 from prosg_jax.models.lm import (
     State,
-    all_finite,
     cast_for_compute,
     check_deltas,
-    check_model_config,
     check_params,
     forward_core,
     init_state,
 )
 from prosg_jax.prosg.ablations import derive, repeat_prompts
 from prosg_jax.prosg.sg import check_sg_params
-from prosg_jax.prosg.states import is_ragged, join_rows, left_align, right_padded
+from prosg_jax.prosg.states import join_rows, left_align, right_padded
 
 
 @flax.struct.dataclass
@@ -99,56 +96,6 @@ class Generation(NamedTuple):
     tokens: Int[Array, "B G"]
     lengths: Int[Array, " B"]
     stopped: Bool[Array, " B"]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Run:
-    """A trained (or plain) model with everything needed to generate text.
-
-    Attributes:
-      model_cfg: the base model's config.
-      params: the base model's parameters.
-      prosg_cfg: how prompts become deltas (``None``: the plain model).
-      sg_params: SG-module parameters (``method="prosg"`` only).
-      tokenizer: text ↔ ids (``prosg_jax.get_tokenizer``).
-    """
-
-    model_cfg: RWKVConfig
-    params: dict
-    prosg_cfg: ProSGConfig | None
-    sg_params: dict | None
-    tokenizer: Tokenizer
-
-    def __post_init__(self):
-        """Checks every field once, so a bad one fails here and not mid-generation.
-
-        ``tokenizer`` may also be a name (``"byte"``, ``"world"``).
-        """
-        check_model_config(self.model_cfg)
-        check_params(self.model_cfg, self.params)
-        if self.prosg_cfg is not None and not isinstance(self.prosg_cfg, ProSGConfig):
-            raise TypeError(
-                f"Run.prosg_cfg must be a ProSGConfig or None, got {type(self.prosg_cfg).__name__}"
-            )
-        if isinstance(self.tokenizer, str):
-            object.__setattr__(self, "tokenizer", get_tokenizer(self.tokenizer))
-        if not all(hasattr(self.tokenizer, a) for a in ("encode", "decode", "vocab_size")):
-            raise TypeError(
-                "Run.tokenizer must be a tokenizer (prosg_jax.get_tokenizer) or its name, got "
-                f"{type(self.tokenizer).__name__}"
-            )
-        if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
-            raise ValueError(
-                f"Run.tokenizer has {self.tokenizer.vocab_size} ids, the model's vocabulary "
-                f"{self.model_cfg.vocab_size}"
-            )
-        if self.sg_params is not None:
-            pc = (self.prosg_cfg or ProSGConfig()).replace(method="prosg")
-            check_sg_params(self.model_cfg, pc, self.sg_params)
-        for name in ("params", "sg_params"):
-            tree = getattr(self, name)
-            if tree is not None and not all_finite(tree):
-                raise ValueError(f"Run.{name} holds NaN or infinite values")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -347,24 +294,30 @@ def _cast_deltas(model_cfg: RWKVConfig, deltas: Deltas | None) -> Deltas | None:
     return {name: d._replace(u=d.u.astype(dt), v=d.v.astype(dt)) for name, d in deltas.items()}
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model_cfg", "n", "greedy", "top_k", "nucleus", "unroll"),
-    donate_argnames=("sampling",),
-)
-def _decode(
-    model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus, unroll
-):
-    """Up to ``n`` tokens per row, ``unroll`` tokens per loop iteration; stops early
-    once every row is done.
+StepFn = Callable[[Int[Array, "B 1"], State], tuple[Float[Array, "B 1 V"], State]]
 
-    Each token of an iteration is guarded (``live``): past ``n`` or after every
-    row has stopped it changes nothing, not even the PRNG key, so every
-    ``unroll`` runs the same token steps as ``unroll=1``.
+
+def decode_loop(
+    step: StepFn,
+    sampling: SamplingState,
+    temperature: Float[Array, ""],
+    top_p: Float[Array, ""],
+    *,
+    n: int,
+    greedy: bool,
+    top_k: int,
+    nucleus: bool,
+    unroll: int,
+) -> tuple[Int[Array, "B n"], SamplingState]:
+    """Up to ``n`` tokens per row from ``step``, ``unroll`` tokens per loop
+    iteration; stops early once every row is done.
+
+    ``step(tokens [B, 1], state) -> (logits [B, 1, V], state)`` is one token
+    of the model, whatever binds it (weights, deltas). Each token of an
+    iteration is guarded (``live``): past ``n`` or after every row has
+    stopped it changes nothing, not even the PRNG key, so every ``unroll``
+    runs the same token steps as ``unroll=1``.
     """
-    # Once per call, not per token: the weights and factors each step reads.
-    params = cast_for_compute(model_cfg, params)
-    deltas = _cast_deltas(model_cfg, deltas)
 
     def token(i, s, out):
         live = (i < n) & ~jnp.all(s.done)
@@ -375,7 +328,7 @@ def _decode(
         )
         tok = jnp.where(active, tok, 0)
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
-        logits, state, _ = forward_core(model_cfg, params, tok[:, None], s.state, deltas=deltas)
+        logits, state = step(tok[:, None], s.state)
 
         def keep(new, old):  # a stopped row keeps its state as of its stop token
             return jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
@@ -404,6 +357,36 @@ def _decode(
     out = jnp.zeros((sampling.done.shape[0], width), jnp.int32)
     _, sampling, out = jax.lax.while_loop(cond, body, (jnp.int32(0), sampling, out))
     return out[:, :n], sampling
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model_cfg", "n", "greedy", "top_k", "nucleus", "unroll"),
+    donate_argnames=("sampling",),
+)
+def _decode(
+    model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus, unroll
+):
+    """:func:`decode_loop` over the model's forward with the deltas bound."""
+    # Once per call, not per token: the weights and factors each step reads.
+    params = cast_for_compute(model_cfg, params)
+    deltas = _cast_deltas(model_cfg, deltas)
+
+    def step(tokens, state):
+        logits, state, _ = forward_core(model_cfg, params, tokens, state, deltas=deltas)
+        return logits, state
+
+    return decode_loop(
+        step,
+        sampling,
+        temperature,
+        top_p,
+        n=n,
+        greedy=greedy,
+        top_k=top_k,
+        nucleus=nucleus,
+        unroll=unroll,
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -597,147 +580,3 @@ def generate(
         model_cfg, params, sampling, deltas, max_new_tokens, temperature, top_k, top_p, unroll
     )
     return Generation(tokens=tokens, lengths=sampling.lengths, stopped=sampling.done)
-
-
-# --------------------------------------------------------------------------- completion
-
-
-def _model_parts(run_or_model, method, prosg_cfg, sg_params):
-    """``(model_cfg, params, tokenizer, prosg_cfg, sg_params)`` of a Run or a model triple."""
-    if isinstance(run_or_model, Run):
-        if prosg_cfg is not None or sg_params is not None:
-            raise ValueError(
-                "a Run carries its own prosg_cfg and sg_params; pass method= to override its method"
-            )
-        r = run_or_model
-        return r.model_cfg, r.params, r.tokenizer, method_config(r.prosg_cfg, method), r.sg_params
-    if (
-        isinstance(run_or_model, tuple)
-        and len(run_or_model) == 3
-        and isinstance(run_or_model[0], RWKVConfig)
-    ):
-        if sg_params is not None and prosg_cfg is None and method is None:
-            raise ValueError("sg_params given without a ProSG method: pass method='prosg'")
-        model_cfg, params, tokenizer = run_or_model
-        return model_cfg, params, tokenizer, method_config(prosg_cfg, method), sg_params
-    raise ValueError(
-        "run_or_model must be a prosg_jax.Run or a (model_cfg, params, tokenizer) triple, "
-        f"got {type(run_or_model).__name__}"
-    )
-
-
-def complete_ids(
-    run_or_model,
-    prompts: Sequence[Sequence[int]],
-    contexts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    method: str | None = None,
-    prosg_cfg: ProSGConfig | None = None,
-    sg_params: dict | None = None,
-    stop_tokens=None,
-) -> list[list[int]]:
-    """Greedy completion after prompt (deltas) and context (teacher forced), as ids.
-
-    For each example the deltas come from ``prompt``; ``context`` (e.g. a
-    distractor and a question) is then read with the deltas in force; then up
-    to ``max_new_tokens`` tokens are generated greedily.
-
-    Args:
-      run_or_model: a :class:`Run`, or a ``(model_cfg, params, tokenizer)``
-        triple (the tokenizer may be ``None`` here).
-      prompts: one id list per example (non-empty).
-      contexts: one id list per example (may be empty).
-      max_new_tokens: at most this many generated ids per example.
-      method: overrides the Run's (or ``prosg_cfg``'s) method; ``None`` keeps
-        it (``"none"`` for a triple without ``prosg_cfg``).
-      prosg_cfg, sg_params: for a triple only; a Run carries its own.
-      stop_tokens: ids that end a completion (default: the tokenizer's eos).
-
-    Returns:
-      Each example's generated ids, without the stop token.
-    """
-    model_cfg, params, tokenizer, pc, sg = _model_parts(run_or_model, method, prosg_cfg, sg_params)
-    for name, rows in (("prompts", prompts), ("contexts", contexts)):
-        if not is_ragged(rows) or not rows:
-            raise ValueError(f"{name} must be a non-empty list of id lists")
-    if len(prompts) != len(contexts):
-        raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
-    if stop_tokens is None:
-        stop_tokens = () if tokenizer is None else (tokenizer.eos_id,)
-    out = generate(
-        model_cfg,
-        params,
-        list(prompts),
-        max_new_tokens=max_new_tokens,
-        prosg_cfg=pc,
-        sg_params=sg,
-        contexts=list(contexts),
-        stop_tokens=stop_tokens,
-    )
-    tokens, lengths, stopped = (np.asarray(x) for x in out)
-    return [tokens[b, : lengths[b] - int(stopped[b])].tolist() for b in range(len(prompts))]
-
-
-def decode_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
-    """Decodes generated ids; ids the tokenizer does not define become U+FFFD."""
-    pieces, run = [], []
-    for i in ids:
-        if i < tokenizer.vocab_size:
-            run.append(i)
-            continue
-        pieces += [tokenizer.decode(run, errors="replace"), "\ufffd"]
-        run = []
-    return "".join(pieces) + tokenizer.decode(run, errors="replace")
-
-
-def complete(
-    run_or_model,
-    prompts: Sequence[str],
-    contexts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    method: str | None = None,
-    prosg_cfg: ProSGConfig | None = None,
-    sg_params: dict | None = None,
-    stop_at_newline: bool = True,
-) -> list[str]:
-    """Text in, text out: :func:`complete_ids` through the run's tokenizer.
-
-    A completion ends at the tokenizer's eos and, with ``stop_at_newline``, at
-    a newline; the stop token is not part of the returned text.
-
-    Args:
-      run_or_model: a :class:`Run` or a ``(model_cfg, params, tokenizer)`` triple.
-      prompts: the text whose deltas act during the rest (one per example).
-      contexts: text read after the prompt with the deltas in force (e.g. a
-        distractor and a question); may be empty strings.
-      max_new_tokens, method, prosg_cfg, sg_params: as in :func:`complete_ids`.
-      stop_at_newline: also stop at ``"\\n"``.
-    """
-    model_cfg, params, tokenizer, pc, sg = _model_parts(run_or_model, method, prosg_cfg, sg_params)
-    if tokenizer is None:
-        raise ValueError("complete needs a tokenizer; use complete_ids for ids")
-    for name, texts in (("prompts", prompts), ("contexts", contexts)):
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ValueError(f"{name} must be a sequence of strings, one per example")
-    if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} ids, the model only {model_cfg.vocab_size}"
-        )
-    stop = [tokenizer.eos_id]
-    if stop_at_newline:
-        newline = tokenizer.encode("\n")
-        if len(newline) != 1:
-            raise ValueError("stop_at_newline needs a tokenizer that encodes '\\n' as one id")
-        stop.append(int(newline[0]))
-    ids = complete_ids(
-        (model_cfg, params, tokenizer),
-        [tokenizer.encode(p) for p in prompts],
-        [tokenizer.encode(c) for c in contexts],
-        max_new_tokens=max_new_tokens,
-        prosg_cfg=pc,
-        sg_params=sg,
-        stop_tokens=stop,
-    )
-    return [decode_text(tokenizer, i) for i in ids]

@@ -56,8 +56,8 @@ def trained_run(tmp_path_factory):
     """A workdir after 2 base and 2 prosg steps of the tiny experiment: (workdir, Params)."""
     from train_fixtures import tiny_config
 
-    from prosg_jax import train_lib
+    from prosg_jax.train import trainer
 
     workdir = tmp_path_factory.mktemp("trained_run")
-    params = train_lib.train(tiny_config(), workdir)
+    params = trainer.train(tiny_config(), workdir)
     return workdir, params

@@ -9,7 +9,7 @@ import sys
 
 from train_fixtures import MQAR_TRAIN, tiny_config
 
-from prosg_jax import train_lib
+from prosg_jax.train import trainer
 
 workdir, data_dir, distributed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 config = tiny_config(base=3, prosg=3)
@@ -17,4 +17,4 @@ config.distributed = distributed
 config.data.data_dir = data_dir
 config.data.train_mixture = MQAR_TRAIN  # one dataset: one compiled step per stage
 config.train.checkpoint_every = 2  # a mid-stage checkpoint, written by both processes
-train_lib.train(config, workdir)
+trainer.train(config, workdir)

@@ -27,8 +27,8 @@ import pytest
 from train_fixtures import ROOT, load_config
 
 import prosg_jax as pj
-from prosg_jax import eval_lib
 from prosg_jax.errors import UserError
+from prosg_jax.eval import evaluate
 from prosg_jax.train import experiment
 from prosg_jax.train.config_check import RULES, check_config, leaves
 
@@ -841,13 +841,13 @@ def _small_eval(**overrides):
 )
 def test_eval_refuses_a_field_that_defines_the_run(shipped_copy, path, value):
     with pytest.raises(UserError) as err:
-        eval_lib.evaluate(_small_eval(**{path: value}), shipped_copy)
+        evaluate(_small_eval(**{path: value}), shipped_copy)
     text = _one_line(err.value)
     assert f"--config.{path}={value} (the run has" in text and "define the run" in text
 
 
 def test_eval_applies_and_records_evaluation_time_choices(shipped_copy):
-    results = eval_lib.evaluate(
+    results = evaluate(
         _small_eval(
             **{"prosg.true_grad_steps": 2, "prosg.true_grad_lr": 0.5, "model.wkv_impl": "scan"}
         ),
@@ -856,7 +856,7 @@ def test_eval_applies_and_records_evaluation_time_choices(shipped_copy):
     assert results["config"]["prosg"]["true_grad_steps"] == 2
     assert results["config"]["prosg"]["true_grad_lr"] == 0.5
     assert results["config"]["model"]["wkv_impl"] == "scan"
-    default = eval_lib.evaluate(_small_eval(), shipped_copy)
+    default = evaluate(_small_eval(), shipped_copy)
     assert default["config"]["prosg"]["true_grad_steps"] == 1
     # two steps of lr 0.5 are not one of lr 1: the setting reached the computation
     assert results["perplexity"] != default["perplexity"]

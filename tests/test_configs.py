@@ -6,7 +6,7 @@ import jax
 import pytest
 from train_fixtures import ROOT, load_config
 
-from prosg_jax import prosg
+from prosg_jax import prosg, tasks
 from prosg_jax.models import init_params
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import experiment, optim
@@ -28,10 +28,10 @@ def test_config_builds(name):
         assert float(lr(0)) >= 0
         for phase in exp.curricula[stage]:
             for dataset, weight in phase.mixture:
-                assert data_lib.parse_dataset(dataset).name == dataset and weight > 0
+                assert tasks.parse_dataset(dataset).name == dataset and weight > 0
     for d in experiment.int_list(config.eval.distances, "eval.distances"):
         for share in experiment.int_list(config.eval.distractor_facts, "eval.distractor_facts"):
-            data_lib.parse_dataset(
+            tasks.parse_dataset(
                 f"prompt_retention/d{d}_f{config.eval.num_facts}_b{share}_n0_val0_t8"
             )
 
@@ -48,15 +48,15 @@ def test_overrides_are_validated():
 
 
 def test_dataset_grammar():
-    spec = data_lib.parse_dataset("prompt_retention/d128_f4_n2000_t50")
+    spec = tasks.parse_dataset("prompt_retention/d128_f4_n2000_t50")
     assert (spec.config.distance, spec.config.num_facts) == (128, 4)
     assert (spec.config.num_train, spec.config.num_test) == (2000, 50)
-    assert data_lib.parse_dataset("prompt_retention/d64_f4_b50").config.distractor_facts == 50
-    assert data_lib.parse_dataset("mqar/l256_kv16").config.vocab_size == 8192  # predefined
-    assert data_lib.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
-    assert data_lib.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
-    assert data_lib.parse_dataset("mqar/l128_kv8_voc20_k3").config.key_tokens == 3
-    assert data_lib.parse_dataset("mqar/l192_kv8_voc20_k3_g4").config.pair_len == 8
+    assert tasks.parse_dataset("prompt_retention/d64_f4_b50").config.distractor_facts == 50
+    assert tasks.parse_dataset("mqar/l256_kv16").config.vocab_size == 8192  # predefined
+    assert tasks.parse_dataset("mqar/l64_kv4_voc128").vocab_size == 128
+    assert tasks.parse_dataset("mqar/l64_kv4_voc128_d512_t8").config.distance == 512
+    assert tasks.parse_dataset("mqar/l128_kv8_voc20_k3").config.key_tokens == 3
+    assert tasks.parse_dataset("mqar/l192_kv8_voc20_k3_g4").config.pair_len == 8
     for bad in (
         "prompt_retention/d12",
         "prompt_retention/d64_f4_x3",
@@ -65,7 +65,7 @@ def test_dataset_grammar():
         "lm1b/x",
     ):
         with pytest.raises(experiment.UserError):
-            data_lib.parse_dataset(bad)
+            tasks.parse_dataset(bad)
     phases = data_lib.parse_curriculum(
         "0=prompt_retention/d64_f4;30=prompt_retention/d64_f4:1,mqar/l64_kv4:3"
     )

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from prosg_jax import tasks
 from prosg_jax.data import build, mqar, text_gen
 
 TINY = mqar.MqarConfig(
@@ -260,7 +261,7 @@ def test_generation_prints_our_line_not_tfds_unknown_sizes(tmp_path, capfd):
     from prosg_jax.train import data as data_lib
 
     name = "mqar/l64_kv4_voc128_n16_val4_t0"
-    spec = data_lib.parse_dataset(name)
+    spec = tasks.parse_dataset(name)
     data_lib.prepare(spec, str(tmp_path))
     out, err = capfd.readouterr()
     where = tmp_path / name / "1.0.0"
@@ -274,9 +275,8 @@ def test_generation_prints_our_line_not_tfds_unknown_sizes(tmp_path, capfd):
 
 def test_build_survives_a_concurrent_build_of_the_same_dataset(tmp_path, monkeypatch):
     """Two processes generating one dataset into one data_dir: the slower one reuses it."""
-    from prosg_jax.train import data as data_lib
 
-    spec = data_lib.parse_dataset("mqar/l64_kv4_voc128_n16_val4_t0")
+    spec = tasks.parse_dataset("mqar/l64_kv4_voc128_n16_val4_t0")
     calls = []
 
     def lose_the_race(self, **kwargs):
@@ -284,18 +284,20 @@ def test_build_survives_a_concurrent_build_of_the_same_dataset(tmp_path, monkeyp
         calls.append(kwargs)
         if len(calls) == 1:
             monkeypatch.undo()
-            build.build_dataset(spec.dataset, data_dir=str(tmp_path), config=spec.config)
+            build.build_dataset(spec.task.name, data_dir=str(tmp_path), config=spec.config)
         raise FileExistsError("Destination ... already exists.")
 
-    builder_cls = type(build.make_builder(spec.dataset, data_dir=str(tmp_path), config=spec.config))
+    builder_cls = type(
+        build.make_builder(spec.task.name, data_dir=str(tmp_path), config=spec.config)
+    )
     monkeypatch.setattr(builder_cls, "download_and_prepare", lose_the_race)
-    builder = build.build_dataset(spec.dataset, data_dir=str(tmp_path), config=spec.config)
+    builder = build.build_dataset(spec.task.name, data_dir=str(tmp_path), config=spec.config)
     assert builder.is_prepared() and len(builder.as_data_source()["train"]) == 16
     # Without a finished copy beside it, the error is real and is not swallowed.
-    other = data_lib.parse_dataset("mqar/l64_kv4_voc128_n8_val4_t0")
+    other = tasks.parse_dataset("mqar/l64_kv4_voc128_n8_val4_t0")
     builder_cls = type(
-        build.make_builder(other.dataset, data_dir=str(tmp_path), config=other.config)
+        build.make_builder(other.task.name, data_dir=str(tmp_path), config=other.config)
     )
     monkeypatch.setattr(builder_cls, "download_and_prepare", lose_the_race)
     with pytest.raises(FileExistsError):
-        build.build_dataset(other.dataset, data_dir=str(tmp_path), config=other.config)
+        build.build_dataset(other.task.name, data_dir=str(tmp_path), config=other.config)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from train_fixtures import read_metrics, tiny_config
 
-from prosg_jax import train_lib
-from prosg_jax.export import BASE_FILE, SG_FILE
+from prosg_jax.run import BASE_FILE, SG_FILE
+from prosg_jax.train import trainer
 
 
 def _config():
@@ -39,8 +39,8 @@ def test_two_runs_of_one_config_save_bit_identical_parameters(tmp_path):
     # Each workdir generates its own datasets (<workdir>/tfds), so data
     # generation, shuffling and the mixture draws are part of what must repeat.
     a, b = tmp_path / "a", tmp_path / "b"
-    train_lib.train(_config(), a)
-    train_lib.train(_config(), b)
+    trainer.train(_config(), a)
+    trainer.train(_config(), b)
 
     saved_a, saved_b = _saved(a), _saved(b)
     assert sorted(saved_a) == sorted(saved_b)

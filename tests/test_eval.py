@@ -1,4 +1,4 @@
-"""eval.py / prosg_jax.eval_lib on a tiny trained run."""
+"""eval.py / prosg_jax.eval on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from train_fixtures import tiny_config
 
 import prosg_jax as pj
-from prosg_jax import eval_lib
+from prosg_jax import tasks
 from prosg_jax.data import mqar
 from prosg_jax.errors import UserError
+from prosg_jax.eval import evaluation, report, scoring
 from prosg_jax.train import data as data_lib
 from prosg_jax.train.config_check import EVAL_SPLITS
 
@@ -26,7 +27,7 @@ def evaluated(trained_run):
     config.eval.methods = "none,repeat_prompt,true_grad,prosg"
     config.eval.exact_match = "teacher_forced"  # generation is checked against it below
     config.eval.distractor_facts = "0,50"
-    return workdir, eval_lib.evaluate(config, workdir)
+    return workdir, evaluation.evaluate(config, workdir)
 
 
 def test_eval_writes_table_json_and_plot(evaluated):
@@ -72,9 +73,9 @@ def test_eval_writes_table_json_and_plot(evaluated):
 
 def test_plot_and_table_of_an_mqar_distance_curve(tmp_path):
     mqar = ["l128_kv8_voc256_d0", "l128_kv8_voc256_d64", "l128_kv8_voc256_d1024"]
-    assert eval_lib._mqar_distances(mqar) == dict(zip(mqar, [0, 64, 1024], strict=True))
-    assert eval_lib._mqar_distances(["l128_kv8_voc256", "l64_kv4_voc256_d64"]) == {}
-    assert eval_lib._mqar_distances(["l128_kv8_voc256"]) == {}
+    assert report.mqar_distances(mqar) == dict(zip(mqar, [0, 64, 1024], strict=True))
+    assert report.mqar_distances(["l128_kv8_voc256", "l64_kv4_voc256_d64"]) == {}
+    assert report.mqar_distances(["l128_kv8_voc256"]) == {}
     row = {c: 0.5 for c in mqar}
     results = {
         "config": {"distances": [], "num_facts": 4, "mqar": mqar, "seeds": [0], "num_examples": 2},
@@ -85,29 +86,29 @@ def test_plot_and_table_of_an_mqar_distance_curve(tmp_path):
         "n_answers": {"prompt_retention": {}, "mqar": dict.fromkeys(mqar, 16)},
     }
     results["config"]["seed_meaning"] = "-"
-    table = eval_lib.results_table(results)  # MQAR only: no empty prompt_retention tables
+    table = report.results_table(results)  # MQAR only: no empty prompt_retention tables
     assert "prompt_retention" not in table and "| prosg | 50.0% ± 50.0% |" in table
     assert table.rstrip().endswith("l128_kv8_voc256_d1024: 16")
-    eval_lib.plot(results, tmp_path / "p.png")
+    report.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results["config"]["mqar"] = mqar[:1]  # no curve and no prompt_retention: no plot
-    eval_lib.plot(results, tmp_path / "q.png")
+    report.plot(results, tmp_path / "q.png")
     assert not (tmp_path / "q.png").exists()
 
 
 def test_generation_agrees_with_teacher_forcing(trained_run):
     run = pj.load_run(trained_run[0])
-    for name, kind, method in (
-        ("prompt_retention/d32_f2_n0_val0_t4", "prompt_retention", "prosg"),
-        ("mqar/l32_kv4_voc64_n0_val0_t4", "mqar", "repeat_prompt"),
+    for name, method in (
+        ("prompt_retention/d32_f2_n0_val0_t4", "prosg"),
+        ("mqar/l32_kv4_voc64_n0_val0_t4", "repeat_prompt"),
     ):
-        es = eval_lib.load_eval_set(
-            name, kind, 2, (0, 1), str(trained_run[0] / "tfds"), run.tokenizer
+        es = scoring.load_eval_set(
+            name, 2, (0, 1), str(trained_run[0] / "tfds"), tokenizer=run.tokenizer
         )
-        _, _, tf_hits, tf_first = eval_lib.teacher_forced(run, es, method, 8)
-        assert np.array_equal(eval_lib.exact_match(run, es, method, 8), tf_hits)
+        _, _, tf_hits, tf_first = scoring.teacher_forced(run, es, method, 8)
+        assert np.array_equal(scoring.exact_match(run, es, method, 8), tf_hits)
         # The first generated token is the teacher-forced argmax after the context.
-        gen = eval_lib._complete_batch(
+        gen = scoring.complete_batch(
             run,
             es.prompts,
             es.prompt_lengths,
@@ -122,16 +123,15 @@ def test_generation_agrees_with_teacher_forcing(trained_run):
 def test_block_reading_equals_one_pass(trained_run):
     """Reading the continuation in blocks with the state carried is the one-pass forward."""
     run = pj.load_run(trained_run[0])
-    es = eval_lib.load_eval_set(
+    es = scoring.load_eval_set(
         "prompt_retention/d32_f2_n0_val0_t4",
-        "prompt_retention",
         2,
         (0, 1),
         str(trained_run[0] / "tfds"),
-        run.tokenizer,
+        tokenizer=run.tokenizer,
     )
     for method in ("none", "prosg"):  # the two readers: without deltas and with them
-        cfg = eval_lib._method_config(run.prosg_cfg, method)
+        cfg = scoring.method_config(run.prosg_cfg, method)
         sg = run.sg_params if method == "prosg" else None
         arrays = data_lib.make_prosg_batch(
             es.examples,
@@ -152,7 +152,7 @@ def test_block_reading_equals_one_pass(trained_run):
             for a, b in zip(ex["answer_start"], ex["answer_end"], strict=True):
                 want_hits.append(np.array_equal(pred[a:b], ex["cont"][a:b]))
         for block in (16, 512):  # many blocks, one
-            nll, count, hits, _ = eval_lib.teacher_forced(run, es, method, 3, block=block)
+            nll, count, hits, _ = scoring.teacher_forced(run, es, method, 3, block=block)
             np.testing.assert_allclose(nll, want_nll.sum(-1), rtol=1e-5, err_msg=method)
             np.testing.assert_array_equal(count, arrays["loss_mask"].sum(-1))
             np.testing.assert_array_equal(hits, want_hits, err_msg=f"{method} block {block}")
@@ -169,24 +169,24 @@ def test_eval_compiles_a_handful_of_programs(evaluated):
 def test_eval_user_errors(trained_run, tmp_path):
     config = tiny_config()
     with pytest.raises(UserError, match="no trained run"):
-        eval_lib.evaluate(config, tmp_path)
+        evaluation.evaluate(config, tmp_path)
     config.eval.methods = "none,beam"
     with pytest.raises(UserError, match="config.eval.methods"):
-        eval_lib.evaluate(config, trained_run[0])
+        evaluation.evaluate(config, trained_run[0])
     config = tiny_config()
     config.eval.split = "train"  # never scored: it is what the model saw
     with pytest.raises(UserError, match="config.eval.split"):
-        eval_lib.evaluate(config, trained_run[0])
+        evaluation.evaluate(config, trained_run[0])
     for bad in ("0,0", "150", "-5"):
         config = tiny_config()
         config.eval.distractor_facts = bad
         with pytest.raises(UserError, match="distractor_facts"):
-            eval_lib.evaluate(config, trained_run[0])
+            evaluation.evaluate(config, trained_run[0])
     for bad in (-1, 3):  # the prompts hold 2 facts
         config = tiny_config()
         config.eval.num_queries = bad
         with pytest.raises(UserError, match="num_queries"):
-            eval_lib.evaluate(config, trained_run[0])
+            evaluation.evaluate(config, trained_run[0])
 
 
 def test_eval_one_question_per_prompt(trained_run, tmp_path):
@@ -199,7 +199,7 @@ def test_eval_one_question_per_prompt(trained_run, tmp_path):
     config.eval.distances = "16"
     config.eval.mqar = ""
     config.eval.num_queries = 1
-    results = eval_lib.evaluate(config, workdir)
+    results = evaluation.evaluate(config, workdir)
     assert results["n_answers"]["prompt_retention"] == {"16": 8}  # 2 seeds x 2 examples x 2
     assert results["config"]["num_queries"] == 1
     assert "prompt_retention (f2, 1 question)" in (workdir / "results.md").read_text()
@@ -210,11 +210,11 @@ def test_eval_split_selects_the_examples(trained_run):
     run = pj.load_run(trained_run[0])
     directory = str(trained_run[0] / "tfds")
     base = "mqar/l32_kv4_voc64"
-    spec = data_lib.parse_dataset(base)
+    spec = tasks.parse_dataset(base)
     prompts = {}
     for split in EVAL_SPLITS:
-        name = eval_lib._eval_name(base, 4, split)
-        es = eval_lib.load_eval_set(name, "mqar", 2, (0, 1), directory, run.tokenizer, split)
+        name = scoring.eval_name(base, 4, split)
+        es = scoring.load_eval_set(name, 2, (0, 1), directory, tokenizer=run.tokenizer, split=split)
         prompts[split] = [e["prompt"].tolist() for e in es.examples]
         want = [mqar.make_example(spec.config, split, i)["tokens"][:8].tolist() for i in range(4)]
         assert prompts[split] == want, split
@@ -245,7 +245,7 @@ def test_eval_rows_on_named_bases(trained_run, tmp_path):
     config.eval.methods = "none@init,none,repeat_prompt@control,none@control,prosg"
     config.eval.exact_match = "teacher_forced"
     config.eval.distances = ""
-    results = eval_lib.evaluate(config, workdir)
+    results = evaluation.evaluate(config, workdir)
     labels = ["none@init", "none", "repeat_prompt@control", "none@control", "prosg"]
     assert list(results["mqar"]) == labels
     assert results["config"]["models"] == {"init": str(init), "control": str(control)}
@@ -271,14 +271,14 @@ def test_eval_row_errors(trained_run, tmp_path):
         config.init_from = base
         config.eval.methods = methods
         with pytest.raises(UserError, match=message):
-            eval_lib.evaluate(config, trained_run[0])
+            evaluation.evaluate(config, trained_run[0])
     config = tiny_config()
     config.eval.methods = "none@init"  # no init_from: @init names nothing
     with pytest.raises(UserError, match="set config.init_from"):
-        eval_lib.evaluate(config, trained_run[0])
+        evaluation.evaluate(config, trained_run[0])
     config.init_from = base  # but the run was trained from scratch (run.json says so)
     with pytest.raises(UserError, match="started from 'scratch'.*drop the '@init' rows"):
-        eval_lib.evaluate(config, trained_run[0])
+        evaluation.evaluate(config, trained_run[0])
     for models, message in {
         "control": "is not name=path",
         "control=": "is not name=path",
@@ -289,4 +289,4 @@ def test_eval_row_errors(trained_run, tmp_path):
         config.init_from = base
         config.eval.models = models
         with pytest.raises(UserError, match=message):
-            eval_lib.evaluate(config, trained_run[0])
+            evaluation.evaluate(config, trained_run[0])

@@ -212,7 +212,7 @@ def test_weights_cast_once_for_compute_give_the_same_logits(version):
         for path, leaf in jax.tree_util.tree_leaves_with_path(cast)
         if leaf.dtype == jnp.bfloat16
     ]
-    assert len(narrowed) == 1 + cfg.n_layer * len(pj.models.lm.model_module(cfg).MATMUL_WEIGHTS) - (
+    assert len(narrowed) == 1 + cfg.n_layer * len(pj.models.model_family(cfg).matmul_weights) - (
         2 if version == 7 else 0  # block 0 has no value-residual LoRA
     )
     tokens = jnp.asarray([ROWS[1]], jnp.int32)

@@ -15,7 +15,7 @@ from train_fixtures import ROOT
 
 import prosg_jax as pj
 from prosg_jax import provenance
-from prosg_jax.export import RUN_FILE, read_run_info, run_info, write_json
+from prosg_jax.run import RUN_FILE, read_run_info, run_info, write_json
 
 
 def test_environment_names_versions_cpu_and_device():

@@ -117,8 +117,12 @@ def test_byte_invalid_utf8_is_strict_by_default():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(scope="module")
-def world() -> WorldTokenizer:
+@pytest.fixture(scope="module", params=["own", "fast"])
+def world(request) -> WorldTokenizer:
+    """This module's encoder, and ``pyrwkv_tokenizer``'s behind the same interface."""
+    if request.param == "own":
+        return WorldTokenizer(fast=False)
+    pytest.importorskip("pyrwkv_tokenizer")
     return WorldTokenizer()
 
 
@@ -232,17 +236,38 @@ def test_world_matches_reference_on_raw_bytes(world, reference):
 @pytest.mark.reference
 def test_world_tiny_memo_is_bounded_and_exact(world, reference, monkeypatch):
     monkeypatch.setattr(tk, "_MEMO_MAX_ENTRIES", 8)
-    fresh = WorldTokenizer()
+    fresh = WorldTokenizer(fast=False)
     text = "".join(_varied_strings(seed=3, count=60, world=world))
     assert fresh.encode(text).tolist() == reference.encode(text)
     assert len(fresh._memo) <= 8
+
+
+def test_fast_encoder_equals_own_on_a_large_mixed_text():
+    pytest.importorskip("pyrwkv_tokenizer")
+    fast, own = WorldTokenizer(), WorldTokenizer(fast=False)
+    assert fast._fast is not None and own._fast is None
+    texts = _varied_strings(seed=5, count=600, world=own) + VARIED_TEXTS
+    for text in texts:
+        assert fast.encode(text).tolist() == own.encode(text).tolist(), repr(text)
+    joined = "".join(texts) * 20  # about 1 MB: documents joined, new contexts
+    np.testing.assert_array_equal(fast.encode(joined), own.encode(joined))
+
+
+def test_fast_encoder_only_for_the_vendored_vocabulary(tmp_path):
+    copy = tmp_path / "vocab.txt"
+    copy.write_bytes(VOCAB.read_bytes())
+    assert WorldTokenizer(copy)._fast is None
+    assert (
+        WorldTokenizer(copy).encode("fast path off").tolist()
+        == WorldTokenizer(fast=False).encode("fast path off").tolist()
+    )
 
 
 def test_world_pickles_by_path(world):
     payload = pickle.dumps(world)
     assert len(payload) < 1000  # The path, not the tables.
     clone = pickle.loads(payload)
-    assert clone.vocab_path == world.vocab_path
+    assert clone.vocab_path == world.vocab_path and clone.fast == world.fast
     text = VARIED_TEXTS[7] + VARIED_TEXTS[9]
     assert clone.encode(text).tolist() == world.encode(text).tolist()
 

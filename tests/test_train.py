@@ -1,4 +1,4 @@
-"""train.py / prosg_jax.train_lib: stages, loss, resume, exports, mesh, loud failures."""
+"""train.py / prosg_jax.train.trainer: stages, loss, resume, exports, mesh, loud failures."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from train_fixtures import PR_TRAIN, ROOT, read_metrics, tiny_config
 
 import prosg_jax as pj
-from prosg_jax import train_lib
+from prosg_jax import tasks
 from prosg_jax.errors import UserError
 from prosg_jax.train import metrics as metrics_lib
+from prosg_jax.train import trainer
 
 
 def _leaves_equal(a, b):
@@ -64,7 +65,7 @@ def test_joint_stage_trains_base_and_sg(trained_run, tmp_path):
     config.train.stages = "joint"
     config.train.joint.mixture = PR_TRAIN  # one batch shape: one compile
     config.init_from = str(workdir / "base.safetensors")
-    out = train_lib.train(config, tmp_path)
+    out = trainer.train(config, tmp_path)
     changed = [
         not np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(jax.tree.leaves(out.base), jax.tree.leaves(params.base), strict=True)
@@ -80,7 +81,7 @@ def test_prosg_on_a_frozen_init_from_base(trained_run, tmp_path):
     config.train.stages = "prosg"
     config.data.train_mixture = PR_TRAIN
     config.init_from = str(workdir / "base.safetensors")
-    train_lib.train(config, tmp_path)
+    trainer.train(config, tmp_path)
     run = pj.load_run(tmp_path)  # the frozen base is exported too: the workdir stands alone
     _leaves_equal(run.params, params.base)
     assert run.sg_params is not None
@@ -91,7 +92,7 @@ def test_base_loss_falls(tmp_path):
     config.train.stages = "base"
     config.train.base.lr = 1e-2
     config.train.checkpoint_every = 100
-    train_lib.train(config, tmp_path)
+    trainer.train(config, tmp_path)
     losses = [m["loss"] for m in read_metrics(tmp_path)]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
@@ -111,12 +112,12 @@ def test_sigterm_saves_and_resume_is_bit_identical(tmp_path, monkeypatch):
 
             monkeypatch.setattr(metrics_lib.MetricsWriter, "advance", advance)
         try:
-            return train_lib.train(config, workdir)
+            return trainer.train(config, workdir)
         finally:
             monkeypatch.undo()
 
     straight = run(tmp_path / "a")
-    with pytest.raises(train_lib.Preempted, match="after step 2 of the prosg stage"):
+    with pytest.raises(trainer.Preempted, match="after step 2 of the prosg stage"):
         run(tmp_path / "b", stop_at=("prosg", 2))
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints" / "prosg")) == ["2"]
     resumed = run(tmp_path / "b")
@@ -133,7 +134,7 @@ def test_nan_loss_stops_naming_the_step_and_last_checkpoint(tmp_path):
     config.train.base.warmup_steps = 0
     config.train.grad_clip = 1e30
     with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+.*Last good checkpoint"):
-        train_lib.train(config, tmp_path)
+        trainer.train(config, tmp_path)
 
 
 def test_config_that_contradicts_the_checkpoint_fails_before_any_step(trained_run, tmp_path):
@@ -144,11 +145,11 @@ def test_config_that_contradicts_the_checkpoint_fails_before_any_step(trained_ru
     config = tiny_config()
     config.prosg.rank = 8
     with pytest.raises(UserError, match="config.prosg does not match the checkpoint"):
-        train_lib.train(config, workdir)
+        trainer.train(config, workdir)
     config = tiny_config()
     config.model.d_model = 64
     with pytest.raises(UserError, match="d_model=64 .it has 32."):
-        train_lib.train(config, workdir)
+        trainer.train(config, workdir)
     assert len(read_metrics(workdir)) == 4  # nothing ran
 
 
@@ -242,7 +243,7 @@ def test_data_parallel_and_fsdp_steps_match_one_device(tmp_path):
     from prosg_jax.train import data as data_lib
 
     for name in (PR_TRAIN, MQAR_TRAIN):
-        data_lib.prepare(data_lib.parse_dataset(name), str(tmp_path))
+        data_lib.prepare(tasks.parse_dataset(name), str(tmp_path))
     proc = _script(
         ["-c", _MESH_SCRIPT, str(tmp_path), PR_TRAIN],
         XLA_FLAGS="--xla_force_host_platform_device_count=8",

@@ -373,6 +373,22 @@ def _load_world_tables(path: str, mtime_ns: int, size: int) -> _WorldTables:
     )
 
 
+def _fast_world_encoder(path: Path):
+    """``pyrwkv_tokenizer``'s encoder over the vendored vocabulary, or ``None``.
+
+    It is optional (``pip install prosg_jax[fast]``) and used only for the
+    vendored vocabulary, on which its ids are tested to equal ours; any other
+    vocabulary file goes through this module's own encoder.
+    """
+    if path != _DEFAULT_WORLD_VOCAB.resolve():
+        return None
+    try:
+        from pyrwkv_tokenizer import RWKVTokenizer
+    except ImportError:
+        return None
+    return RWKVTokenizer(vocab_filepath=str(path))
+
+
 class WorldTokenizer:
     """The RWKV "world" tokenizer (``rwkv_vocab_v20230424``).
 
@@ -381,6 +397,10 @@ class WorldTokenizer:
     emitted. This is exactly what ``rwkv.rwkv_tokenizer.TRIE_TOKENIZER`` does,
     and the ids are identical. Every single byte is a token, so any text (and
     any byte string) can be encoded and ``decode(encode(s)) == s``.
+
+    With the optional ``pyrwkv_tokenizer`` installed (``pip install
+    prosg_jax[fast]``), :meth:`encode` of the vendored vocabulary runs its
+    compiled encoder, with the same ids, about 20 times faster.
 
     Id 0 is end-of-text and padding (``pad_id == eos_id == 0``); it has no
     bytes, is never produced by ``encode`` and is dropped by ``decode``. Ids
@@ -391,6 +411,8 @@ class WorldTokenizer:
         vocab_path: Vocabulary file, one ``<id> <python str/bytes literal>
             <byte length>`` per line. Defaults to the copy vendored with this
             package.
+        fast: whether :meth:`encode` may use ``pyrwkv_tokenizer`` (when it is
+            installed and the vocabulary is the vendored one).
 
     Raises:
         VocabFormatError: If the file is malformed (the message names the line).
@@ -401,7 +423,9 @@ class WorldTokenizer:
     pad_id: int = 0
     eos_id: int = 0
 
-    def __init__(self, vocab_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, vocab_path: str | os.PathLike[str] | None = None, *, fast: bool = True
+    ) -> None:
         path = Path(vocab_path).expanduser() if vocab_path is not None else _DEFAULT_WORLD_VOCAB
         path = path.resolve()
         st = path.stat()
@@ -414,6 +438,8 @@ class WorldTokenizer:
         # Piece (+ next byte) -> ids, or None when a token may cross the piece
         # end; per instance so a tokenizer owns (and bounds) its own cache.
         self._memo: dict[bytes, tuple[int, ...] | None] = {}
+        self.fast = fast
+        self._fast = _fast_world_encoder(path) if fast else None
 
     # -- encoding --------------------------------------------------------- #
 
@@ -559,6 +585,9 @@ class WorldTokenizer:
             UnicodeEncodeError: If ``text`` contains lone surrogates.
         """
         _check_text(text)
+        if self._fast is not None:
+            # Same ids (tests/test_tokenizers.py), from compiled code.
+            return np.asarray(self._fast.encode(text), dtype=np.int32)
         return self.encode_bytes(text.encode("utf-8"))
 
     # -- decoding --------------------------------------------------------- #
@@ -603,10 +632,10 @@ class WorldTokenizer:
         """
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
-    def __reduce__(self) -> tuple[type[WorldTokenizer], tuple[str]]:
+    def __reduce__(self):
         # Data-pipeline workers receive tokenizers by pickle: send the path,
         # not megabytes of tables (the worker rebuilds them once, cached).
-        return (WorldTokenizer, (str(self.vocab_path),))
+        return (_rebuild_world, (str(self.vocab_path), self.fast))
 
     def __repr__(self) -> str:
         return f"WorldTokenizer(vocab_path={str(self.vocab_path)!r})"
@@ -615,6 +644,11 @@ class WorldTokenizer:
 # --------------------------------------------------------------------------- #
 # Factory
 # --------------------------------------------------------------------------- #
+
+
+def _rebuild_world(vocab_path: str, fast: bool) -> WorldTokenizer:
+    return WorldTokenizer(vocab_path, fast=fast)
+
 
 _TOKENIZERS = {"byte": ByteTokenizer, "world": WorldTokenizer}
 TOKENIZER_NAMES = tuple(_TOKENIZERS)

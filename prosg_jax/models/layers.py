@@ -143,6 +143,13 @@ def trunk_layout(c: int, v: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
     ]
 
 
+def rwkv_target_shape(cfg, matrix: str) -> tuple[int, int]:
+    """``(d_out, d_in)`` of an RWKV block matrix: the FFN's two are ``F x C`` and
+    ``C x F``, every time-mix projection ``C x C``."""
+    c, f = cfg.d_model, cfg.d_ffn
+    return {"ffn.key": (f, c), "ffn.value": (c, f)}.get(matrix, (c, c))
+
+
 def block_norm_layout(i: int, c: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
     """Checkpoint layout of block ``i``'s two LayerNorms."""
     return [

@@ -1,4 +1,4 @@
-"""Version-independent language-model API over the RWKV blocks.
+"""Family-independent language-model API: embedding -> blocks -> head.
 
 ``forward`` (parallel over ``[B, T]``) and ``step`` (one token) share the
 same block code; ``step`` is ``forward`` on a length-1 block, whose recurrence
@@ -12,37 +12,36 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from prosg_jax.config import TARGETS, RWKVConfig, target_shape
+from prosg_jax.config import RWKVConfig
 from prosg_jax.lowrank import LowRankDelta
-from prosg_jax.models import rwkv4, rwkv7
+from prosg_jax.models.family import Family, family_of, target_shape
 from prosg_jax.models.layers import Deltas, TargetHooks, layer_norm
 
 State = tuple  # tuple of per-layer ``LayerState`` NamedTuples
 
 
-def model_module(cfg: RWKVConfig) -> ModuleType:
-    """The module (``rwkv4`` or ``rwkv7``) implementing ``cfg.version``."""
+def model_family(cfg: RWKVConfig) -> Family:
+    """The :class:`~prosg_jax.models.family.Family` that ``cfg.version`` names."""
     check_model_config(cfg)
-    return {4: rwkv4, 7: rwkv7}[cfg.version]
+    return family_of(cfg.version)
 
 
 def init_params(key: Array, cfg: RWKVConfig) -> dict:
-    """Freshly initialised float32 parameters (BlinkDL's scheme for the version)."""
-    return model_module(cfg).init_params(key, cfg)
+    """Freshly initialised float32 parameters (the family's scheme; BlinkDL's for RWKV)."""
+    return model_family(cfg).init_params(key, cfg)
 
 
 def init_state(cfg: RWKVConfig, batch_size: int) -> State:
     """The empty recurrent state for ``batch_size`` sequences (float32)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return model_module(cfg).init_state(cfg, batch_size)
+    return model_family(cfg).init_state(cfg, batch_size)
 
 
 def cast_for_compute(cfg: RWKVConfig, params: dict) -> dict:
@@ -54,7 +53,7 @@ def cast_for_compute(cfg: RWKVConfig, params: dict) -> dict:
     bfloat16 weights instead of reading float32 masters and converting them.
     """
     dtype = cfg.compute_dtype
-    block_matmuls = set(model_module(cfg).MATMUL_WEIGHTS)
+    block_matmuls = set(model_family(cfg).matmul_weights)
 
     def cast(path, leaf):
         keys = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
@@ -67,7 +66,8 @@ def cast_for_compute(cfg: RWKVConfig, params: dict) -> dict:
 
 def target_names(cfg: RWKVConfig) -> tuple[str, ...]:
     """Every linear map that accepts a low-rank delta, e.g. ``"blocks.0.att.key"``."""
-    return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in TARGETS[cfg.version])
+    targets = model_family(cfg).targets
+    return tuple(f"blocks.{i}.{t}" for i in range(cfg.n_layer) for t in targets)
 
 
 def is_concrete(x) -> bool:
@@ -141,7 +141,7 @@ def _param_spec(cfg: RWKVConfig):
 def check_params(cfg: RWKVConfig, params) -> None:
     """Raises ``ValueError`` unless ``params`` has exactly the layout ``cfg`` implies.
 
-    Params of another vocabulary, width, depth or RWKV version would otherwise
+    Params of another vocabulary, width, depth or model family would otherwise
     give NaN logits or a bare ``KeyError`` deep inside the model. The expected
     layout is computed once per config.
     """
@@ -153,7 +153,7 @@ def check_params(cfg: RWKVConfig, params) -> None:
         missing = [p for p in paths if p not in have]
         unexpected = sorted(have - set(paths))
         raise ValueError(
-            f"params do not match the RWKV-{cfg.version} config ({cfg.n_layer} layers): "
+            f"params do not match the {model_family(cfg).name} config ({cfg.n_layer} layers): "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     for path, leaf, want in zip(paths, leaves, shapes, strict=True):
@@ -225,7 +225,7 @@ def check_deltas(cfg: RWKVConfig, deltas, batch: int) -> None:
 @functools.lru_cache(maxsize=64)
 def _layer_state_spec(cfg: RWKVConfig, batch: int):
     """``(type name, field names, shapes)`` of one layer's state; traced once per key."""
-    ref = jax.eval_shape(lambda: model_module(cfg).init_layer_state(cfg, batch))
+    ref = jax.eval_shape(lambda: model_family(cfg).init_layer_state(cfg, batch))
     return type(ref).__name__, ref._fields, tuple(tuple(x.shape) for x in ref)
 
 
@@ -236,7 +236,7 @@ def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
     kind, fields, shapes = _layer_state_spec(cfg, batch)
     for i, layer in enumerate(state):
         if type(layer).__name__ != kind or len(layer) != len(fields):
-            raise ValueError(f"state[{i}] is not an RWKV-{cfg.version} LayerState")
+            raise ValueError(f"state[{i}] is not an {model_family(cfg).name} LayerState")
         for field, got, exp in zip(fields, layer, shapes, strict=True):
             if tuple(np.shape(got)) != exp:
                 raise ValueError(
@@ -276,7 +276,7 @@ def forward_core(
     Returns:
       ``(logits float32[B, T, V], state after the last token, captured dict)``.
     """
-    impl = model_module(cfg)
+    family = model_family(cfg)
     x = jnp.take(params["emb"]["weight"], tokens, axis=0).astype(jnp.float32)
     # ln0 on the gathered rows equals the reference's ln0 folded into `emb`.
     x = layer_norm(x, params["ln0"]).astype(cfg.compute_dtype)
@@ -284,7 +284,9 @@ def forward_core(
     hooks = TargetHooks(deltas=deltas, perturb=perturb, taps={} if capture else None)
     new_state, v_first = [], None
     for i, (p, s) in enumerate(zip(params["blocks"], state, strict=True)):
-        x, s, v_first = impl.block(cfg, i, p, x, s, reset=reset, hooks=hooks, v_first=v_first)
+        if hooks.taps is not None:  # the residual stream the SG module reads
+            hooks.taps[f"blocks.{i}.hidden"] = x
+        x, s, v_first = family.block(cfg, i, p, x, s, reset=reset, hooks=hooks, v_first=v_first)
         new_state.append(s)
     x = layer_norm(x, params["ln_out"])
     # Accumulate and return the head in float32 even for bfloat16 activations:
@@ -315,7 +317,7 @@ def forward(
     Args:
       cfg: model config.
       params: parameter pytree (see ``rwkv4``/``rwkv7`` for the layout); it must
-        match ``cfg`` exactly (vocabulary, widths, depth, version).
+        match ``cfg`` exactly (vocabulary, widths, depth, family).
       tokens: ``int32[B, T]`` token ids in ``[0, V)`` (a rectangular list of
         lists is accepted).
       state: the state after the preceding tokens; ``None`` for a fresh start.

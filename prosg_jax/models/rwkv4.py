@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from prosg_jax.config import RWKVConfig
+from prosg_jax.models.family import Family, register
 from prosg_jax.models.layers import (
     NO_HOOKS,
     TargetHooks,
@@ -38,6 +39,7 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
+    rwkv_target_shape,
     token_shift,
     trunk_layout,
 )
@@ -77,11 +79,6 @@ def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
         jnp.full(shape, P_EMPTY, jnp.float32),
         jnp.zeros(shape, jnp.float32),
     )
-
-
-def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
-    """A fresh state: no previous token, empty WKV memory."""
-    return tuple(init_layer_state(cfg, batch_size) for _ in range(cfg.n_layer))
 
 
 def init_params(key: Array, cfg: RWKVConfig) -> dict:
@@ -209,8 +206,6 @@ def block(
     signature (RWKV-7 threads its first layer's values through the stack).
     """
     name = f"blocks.{i}"
-    if hooks.taps is not None:
-        hooks.taps[f"{name}.hidden"] = x
     att, (att_x, a, b, pp) = _time_mix(
         cfg, p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", hooks
     )
@@ -219,3 +214,52 @@ def block(
         p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
     )
     return x + ffn, LayerState(att_x, a, b, pp, ffn_x), v_first
+
+
+def read_state(
+    cfg: RWKVConfig, state: LayerState, q: Float[Array, "B P C"]
+) -> Float[Array, "B P C"]:
+    """The WKV memory's running average value, gated by each query."""
+    del cfg
+    mean_v = state.att_a / jnp.maximum(state.att_b, 1e-30)
+    return mean_v[:, None, :] * q
+
+
+# Keys of RWKV-5/6, which also name `att.time_mix_k` but are other models.
+_LATER_VERSIONS = ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")
+
+
+def detect(keys) -> bool:
+    """Whether a state dict's key names are RWKV-4's."""
+    keys = list(keys)
+    return any(".att.time_mix_k" in k for k in keys) and not any(
+        s in k for k in keys for s in _LATER_VERSIONS
+    )
+
+
+FAMILY = register(
+    Family(
+        version=4,
+        name="RWKV-4",
+        init_params=init_params,
+        init_layer_state=init_layer_state,
+        block=block,
+        targets=(
+            "att.key",
+            "att.value",
+            "att.receptance",
+            "att.output",
+            "ffn.key",
+            "ffn.value",
+            "ffn.receptance",
+        ),
+        target_shape=rwkv_target_shape,
+        read_state=read_state,
+        matmul_weights=MATMUL_WEIGHTS,
+        # RWKV-4 has no heads or LoRAs: its experiment configs may carry head_size.
+        preset=lambda head_size=None, **fields: RWKVConfig.rwkv4(**fields),
+        checkpoint_layout=checkpoint_layout,
+        detect=detect,
+        config_fields=lambda tensors, dim, common: {},
+    )
+)

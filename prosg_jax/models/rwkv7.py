@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from prosg_jax.config import RWKVConfig
+from prosg_jax.models.family import Family, register
 from prosg_jax.models.layers import (
     NO_HOOKS,
     TargetHooks,
@@ -47,6 +48,7 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
+    rwkv_target_shape,
     token_shift,
     trunk_layout,
 )
@@ -90,11 +92,6 @@ def init_layer_state(cfg: RWKVConfig, batch_size: int) -> LayerState:
         jnp.zeros((batch_size, h, n, n), jnp.float32),
         jnp.zeros((batch_size, c), jnp.float32),
     )
-
-
-def init_state(cfg: RWKVConfig, batch_size: int) -> tuple[LayerState, ...]:
-    """A fresh state: no previous token, empty WKV memory."""
-    return tuple(init_layer_state(cfg, batch_size) for _ in range(cfg.n_layer))
 
 
 def _ortho_lora(key, shape, scale):
@@ -270,8 +267,6 @@ def block(
     ``v_first`` is layer 0's values (``None`` entering layer 0).
     """
     name = f"blocks.{i}"
-    if hooks.taps is not None:
-        hooks.taps[f"{name}.hidden"] = x
     att, att_x, wkv, v_first = _time_mix(
         cfg,
         i,
@@ -288,3 +283,69 @@ def block(
         p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
     )
     return x + ffn, LayerState(att_x, wkv, ffn_x), v_first
+
+
+def read_state(
+    cfg: RWKVConfig, state: LayerState, q: Float[Array, "B P C"]
+) -> Float[Array, "B P C"]:
+    """Each head's state matrix applied to the query: ``S q`` per head."""
+    b, p, _ = q.shape
+    qh = q.reshape(b, p, cfg.n_head, cfg.head_size)
+    return jnp.einsum("bhvk,bphk->bphv", state.wkv, qh).reshape(b, p, -1)
+
+
+def check_config(cfg: RWKVConfig) -> None:
+    """Heads must tile the width, and every LoRA needs a width."""
+    if cfg.d_model % cfg.head_size:
+        raise ValueError(
+            f"RWKV-7 d_model ({cfg.d_model}) must be a multiple of head_size ({cfg.head_size})"
+        )
+    for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"RWKV-7 config needs a positive {name}")
+
+
+def config_fields(tensors, dim, common: dict) -> dict:
+    """Head size and LoRA widths read off an official state dict."""
+    # Layer 0 has no value-residual LoRA; a one-layer model keeps the default.
+    mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
+    return dict(
+        head_size=dim("blocks.0.att.r_k", 1),
+        d_decay_lora=dim("blocks.0.att.w1", 1),
+        d_aaa_lora=dim("blocks.0.att.a1", 1),
+        d_mv_lora=dim(mv_key, 1) if mv_key in tensors else 32,
+        d_gate_lora=dim("blocks.0.att.g1", 1),
+    )
+
+
+FAMILY = register(
+    Family(
+        version=7,
+        name="RWKV-7",
+        init_params=init_params,
+        init_layer_state=init_layer_state,
+        block=block,
+        targets=("att.key", "att.value", "att.receptance", "att.output", "ffn.key", "ffn.value"),
+        target_shape=rwkv_target_shape,
+        read_state=read_state,
+        matmul_weights=MATMUL_WEIGHTS,
+        shape_fields=(
+            "vocab_size",
+            "d_model",
+            "n_layer",
+            "d_ffn",
+            "head_size",
+            "d_decay_lora",
+            "d_aaa_lora",
+            "d_mv_lora",
+            "d_gate_lora",
+        ),
+        check_config=check_config,
+        preset=RWKVConfig.rwkv7,
+        checkpoint_layout=checkpoint_layout,
+        detect=lambda keys: any(".att.r_k" in k or ".att.x_r" in k for k in keys),
+        config_fields=config_fields,
+        # Layer 0's value-residual LoRA exists in official files but is never used.
+        ignored_keys=frozenset(("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")),
+    )
+)

@@ -16,8 +16,8 @@ included: the base model reads the prompt up to its last token, the deltas
 are derived from the whole prompt, and the last token is replayed under them.
 """
 
-from prosg_jax.config import target_shape
 from prosg_jax.lowrank import weight
+from prosg_jax.models.family import target_shape
 from prosg_jax.prosg.ablations import derive_deltas, repeat_prompts, true_grad_deltas
 from prosg_jax.prosg.compress import compress, sketch_matrix
 from prosg_jax.prosg.grads import (

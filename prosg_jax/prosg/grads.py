@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from prosg_jax.config import RWKVConfig, target_shape
+from prosg_jax.config import RWKVConfig
+from prosg_jax.models.family import target_shape
 from prosg_jax.models.layers import Deltas
 from prosg_jax.models.lm import State, forward_core
 

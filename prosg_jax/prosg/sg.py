@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from prosg_jax.config import ProSGConfig, RWKVConfig, target_shape
+from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.lowrank import LowRankDelta
+from prosg_jax.models.family import family_of, target_shape
 from prosg_jax.models.layers import Deltas, layer_norm, ln_params
 from prosg_jax.prosg.compress import compress
 from prosg_jax.prosg.states import PromptStates
@@ -113,16 +114,6 @@ def check_sg_params(model_cfg: RWKVConfig, prosg_cfg: ProSGConfig, sg_params) ->
                 )
 
 
-def _read_state(cfg: RWKVConfig, layer_state, q: Float[Array, "B P C"]) -> Float[Array, "B P C"]:
-    """What the block's final recurrent state says about query ``q_t``."""
-    if cfg.version == 7:
-        b, p, _ = q.shape
-        qh = q.reshape(b, p, cfg.n_head, cfg.head_size)
-        return jnp.einsum("bhvk,bphk->bphv", layer_state.wkv, qh).reshape(b, p, -1)
-    mean_v = layer_state.att_a / jnp.maximum(layer_state.att_b, 1e-30)  # WKV average
-    return mean_v[:, None, :] * q
-
-
 def predict_errors(
     cfg: RWKVConfig, sg: dict, h: Float[Array, "B P C"], layer_state
 ) -> tuple[Float[Array, "B P O"], Float[Array, "B P C"]]:
@@ -134,7 +125,8 @@ def predict_errors(
     """
     h = h.astype(jnp.float32)
     z = layer_norm(h, sg["ln"])
-    read = layer_norm(_read_state(cfg, layer_state, z @ sg["w_state"]), sg["ln_read"])
+    query = z @ sg["w_state"]
+    read = layer_norm(family_of(cfg.version).read_state(cfg, layer_state, query), sg["ln_read"])
     features = [z, read]
     if "ln_next" in sg:
         following = layer_norm(h[:, 1:], sg["ln_next"])

@@ -27,7 +27,6 @@ import numpy as np
 from prosg_jax.config import (
     METHODS,
     POOLINGS,
-    TARGETS,
     WKV_IMPLS,
     ProSGConfig,
     is_int,
@@ -35,6 +34,8 @@ from prosg_jax.config import (
 )
 from prosg_jax.data.tokenizers import TOKENIZER_NAMES, tokenizer_vocab_size
 from prosg_jax.errors import UserError
+from prosg_jax.models import model_family
+from prosg_jax.models.family import versions
 
 Rule = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -82,6 +83,14 @@ def choice(*values) -> Rule:
         return None if x in values and type(x) is type(values[0]) else f"choose from {values}"
 
     return rule
+
+
+def model_version(x) -> str | None:
+    """A model family's version: 4, 7 or one registered (``models.family.register``)."""
+    known = versions()
+    if isinstance(x, bool) or not any(x == v and type(x) is type(v) for v in known):
+        return f"choose from {known}"
+    return None
 
 
 def boolean(x) -> str | None:
@@ -133,7 +142,7 @@ RULES: dict[str, Rule] = {
     "distributed": boolean,
     "mesh.data": integer(1, also=(-1,)),
     "mesh.fsdp": integer(1, also=(-1,)),
-    "model.version": choice(4, 7),
+    "model.version": model_version,
     "model.vocab_size": integer(1, 2**24),
     "model.d_model": integer(1),
     "model.n_layer": integer(1),
@@ -216,7 +225,7 @@ def _cross_field(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"config.model: {e}") from e
     matrices = tuple(m.strip() for m in config.prosg.matrices.split(",") if m.strip())
     if not matrices:
-        valid = TARGETS[model.version]
+        valid = model_family(model).targets
         raise field_error("prosg.matrices", config.prosg.matrices, f"name one of {valid}")
     layers = tuple(int(s) for s in config.prosg.layers.split(",") if s.strip()) or None
     # ProSGConfig's own rules, each reported against the field that broke it

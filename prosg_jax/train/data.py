@@ -1,22 +1,9 @@
-"""Training and evaluation data: dataset names, mixtures, curricula and batches.
+"""Training data: mixtures, curricula and batches over the tasks' datasets.
 
-Names. A dataset is ``"<dataset>/<config>"`` for one of the generated datasets.
-A predefined config name (``prompt_retention/d256_f8``, ``mqar/l256_kv16``) is
-used as is; any other name is parsed into a custom builder config and
-generated on the fly (deterministically) into the data dir:
-
-* ``prompt_retention/d{distance}_f{facts}`` plus optional ``_n{num_train}``,
-  ``_val{num_validation}``, ``_t{num_test}``, ``_q{num_queries}``, ``_s{seed}``,
-  ``_b{percent}`` (that share of distractor sentences are facts about other
-  names, e.g. ``prompt_retention/d1024_f4_b50``);
-* ``mqar/l{seq_len}_kv{pairs}`` plus optional ``_voc{vocab_size}``,
-  ``_d{distance}`` (filler between the pairs and the queries), ``_k{tokens}``
-  (tokens per key, e.g. ``mqar/l128_kv8_voc20_k3``), ``_g{tokens}`` (filler
-  between each key and its value), ``_n``, ``_val``, ``_t``, ``_s``.
-
-Example ``i`` of a split does not depend on the split sizes, so
-``prompt_retention/d1024_f4_n0_val0_t96`` holds exactly the first 96 test
-examples of ``prompt_retention/d1024_f4``.
+Names. A dataset is ``"<task>/<config>"`` (:func:`prosg_jax.tasks.parse_dataset`;
+each task's module gives its grammar). Example ``i`` of a split does not
+depend on the split sizes, so ``prompt_retention/d1024_f4_n0_val0_t96`` holds
+exactly the first 96 test examples of ``prompt_retention/d1024_f4``.
 
 Mixtures and curricula. ``"A:2,B:1"`` draws each batch from dataset A with
 probability 2/3 and from B with 1/3 (a missing weight is 1). A curriculum is a
@@ -25,8 +12,8 @@ probability 2/3 and from B with 1/3 (a missing weight is 1). A curriculum is a
 
 Batches. The ``base`` stage reads packed rows through
 :mod:`prosg_jax.data.pipeline`. The ``prosg``/``joint`` stages read one
-example per row, split into prompt and continuation by
-:func:`encode_record` and padded by :func:`make_prosg_batch`.
+example per row, split into prompt and continuation by the task
+(:func:`encode_record`) and padded by :func:`make_prosg_batch`.
 """
 
 from __future__ import annotations
@@ -35,7 +22,6 @@ import dataclasses
 import functools
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,50 +31,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
-from prosg_jax import prosg
-from prosg_jax.data import build, mqar, prompt_retention
+from prosg_jax import prosg, tasks
+from prosg_jax.data import build
 from prosg_jax.data.pipeline import PipelineConfig, make_dataset
-from prosg_jax.data.tokenizers import Tokenizer
+from prosg_jax.data.tokenizers import ByteTokenizer, Tokenizer
 from prosg_jax.errors import UserError
+from prosg_jax.tasks import DatasetSpec, parse_dataset
 
-_PR_BASE = re.compile(r"^d(\d+)_f(\d+)")
-_MQAR_BASE = re.compile(r"^l(\d+)_kv(\d+)")
-_EXTRA = re.compile(r"_([a-z]+)(\d+)")
-_PR_EXTRA = {
-    "n": "num_train",
-    "val": "num_validation",
-    "t": "num_test",
-    "q": "num_queries",
-    "s": "seed",
-    "b": "distractor_facts",
-}
-_MQAR_EXTRA = {
-    "voc": "vocab_size",
-    "d": "distance",
-    "k": "key_tokens",
-    "g": "value_gap",
-    "n": "num_train",
-    "val": "num_validation",
-    "t": "num_test",
-    "s": "seed",
-}
 # Records scanned to size the ProSG batch widths when they are left to the data.
 _WIDTH_SAMPLE = 1024
 _WIDTH_MULTIPLE = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """A generated dataset: its TFDS name and the builder config to generate it."""
-
-    name: str  # "prompt_retention/d64_f4_n4000"
-    dataset: str  # "prompt_retention" or "mqar"
-    config: tfds.core.BuilderConfig
-
-    @property
-    def vocab_size(self) -> int | None:
-        """Token ids the records use directly (MQAR), or None for text (tokenized)."""
-        return self.config.vocab_size if self.dataset == "mqar" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,54 +49,6 @@ class Phase:
 
     start: int
     mixture: tuple[tuple[str, float], ...]
-
-
-@functools.cache
-def parse_dataset(name: str) -> DatasetSpec:
-    """Parses ``"<dataset>/<config>"`` (see the module docstring).
-
-    Raises:
-      UserError: an unknown dataset, or a config name that is not predefined
-        and does not follow the grammar.
-    """
-    dataset, _, config_name = name.strip().partition("/")
-    if dataset not in build.BUILDERS:
-        raise UserError(f"unknown dataset {name!r}: use prompt_retention/<config> or mqar/<config>")
-    module = prompt_retention if dataset == "prompt_retention" else mqar
-    for predefined in module.BUILDER_CONFIGS:
-        if predefined.name == config_name:
-            return DatasetSpec(name=f"{dataset}/{config_name}", dataset=dataset, config=predefined)
-    base_re, extras = (
-        (_PR_BASE, _PR_EXTRA) if dataset == "prompt_retention" else (_MQAR_BASE, _MQAR_EXTRA)
-    )
-    grammar = (
-        "d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>][_b<percent>]"
-        if dataset == "prompt_retention"
-        else "l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_k<key tokens>][_g<gap>][_n<train>]"
-        "[_val<n>][_t<test>][_s<seed>]"
-    )
-    m = base_re.match(config_name)
-    rest = config_name[m.end() :] if m else ""
-    if not m or _EXTRA.sub("", rest):
-        raise UserError(f"cannot parse dataset {name!r}: expected {dataset}/{grammar}")
-    kwargs = {}
-    for key, value in _EXTRA.findall(rest):
-        if key not in extras:
-            raise UserError(
-                f"cannot parse dataset {name!r}: unknown part _{key}; expected {grammar}"
-            )
-        kwargs[extras[key]] = int(value)
-    a, b = int(m.group(1)), int(m.group(2))
-    try:
-        if dataset == "prompt_retention":
-            config = prompt_retention.PromptRetentionConfig(
-                name=config_name, distance=a, num_facts=b, **kwargs
-            )
-        else:
-            config = mqar.MqarConfig(name=config_name, seq_len=a, num_kv_pairs=b, **kwargs)
-    except ValueError as e:
-        raise UserError(f"dataset {name!r}: {e}") from e
-    return DatasetSpec(name=f"{dataset}/{config_name}", dataset=dataset, config=config)
 
 
 def parse_mixture(text: str) -> tuple[tuple[str, float], ...]:
@@ -211,7 +115,7 @@ def prepare(spec: DatasetSpec, directory: str) -> tfds.core.DatasetBuilder:
         verbosity = absl_logging.get_verbosity()
         absl_logging.set_verbosity(absl_logging.ERROR)
         try:
-            return build.build_dataset(spec.dataset, data_dir=directory, config=spec.config)
+            return build.build_dataset(spec.task.name, data_dir=directory, config=spec.config)
         finally:
             absl_logging.set_verbosity(verbosity)
 
@@ -245,85 +149,10 @@ def check_vocab(spec: DatasetSpec, vocab_size: int) -> None:
 # --------------------------------------------------------------------------- records
 
 
-def _text(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
-def _split_tokenized(record, n: int, starts, ends, is_fact) -> dict:
-    """A stored-token record cut after its ``n`` prompt tokens (spans shifted into ``cont``)."""
-    tokens = np.asarray(record["tokens"], np.int32)
-    return {
-        "prompt": tokens[:n],
-        "cont": tokens[n:],
-        "answer_mask": np.asarray(record["loss_mask"], np.int32)[n:],
-        "answer_start": starts - n,
-        "answer_end": ends - n,
-        "answer_is_fact": is_fact,
-    }
-
-
 def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer) -> dict:
-    """Splits one record into prompt and continuation token ids.
-
-    Returns a dict of numpy arrays: ``prompt`` ``[n_p]``; ``cont`` ``[n_c]``
-    (everything after the prompt: distractor and queries, EOS included);
-    ``answer_mask`` ``[n_c]`` (1 on answer tokens); ``answer_start`` /
-    ``answer_end`` (each answer's span in ``cont``); ``answer_is_fact``
-    (per answer: a fact of the prompt rather than the closing word; every
-    MQAR answer is a fact).
-
-    ``prompt_retention`` records are stored byte-tokenized; with another
-    tokenizer their text pieces are re-encoded (so answer spans stay exact).
-    For ``mqar`` the prompt is the key-value context.
-    """
-    if dataset == "mqar":
-        # A query's value sits a fixed offset after its first key token (key_tokens
-        # + value_gap); a pair, like a query, is that offset + 1 tokens long.
-        queries = np.asarray(record["query_positions"], np.int32)
-        offset = int(np.flatnonzero(record["loss_mask"])[0]) - int(queries.min())
-        n = (offset + 1) * len(record["values"])
-        starts = queries + offset
-        return _split_tokenized(record, n, starts, starts + 1, np.ones(len(starts), bool))
-    prompt_text = _text(record["prompt"])
-    is_fact = np.asarray([_text(k) == "fact" for k in record["answers"]["kind"]], bool)
-    if type(tokenizer).__name__ == "ByteTokenizer":
-        return _split_tokenized(
-            record,
-            len(prompt_text.encode("utf-8")),
-            np.asarray(record["answers"]["start"], np.int32),
-            np.asarray(record["answers"]["end"], np.int32),
-            is_fact,
-        )
-    # Re-encode piece by piece: distractor, then queries split around each answer.
-    queries = _text(record["queries"])
-    pieces = [tokenizer.encode(_text(record["distractor"]))]
-    flags = [False]
-    cursor = 0
-    for answer in (_text(a) for a in record["answers"]["text"]):
-        at = queries.index(answer, cursor)
-        pieces += [tokenizer.encode(queries[cursor:at]), tokenizer.encode(answer)]
-        flags += [False, True]
-        cursor = at + len(answer)
-    pieces += [tokenizer.encode(queries[cursor:]), np.asarray([tokenizer.eos_id], np.int32)]
-    flags += [False, False]
-    lengths = np.asarray([len(p) for p in pieces])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    cont = np.concatenate(pieces).astype(np.int32)
-    mask = np.zeros(len(cont), np.int32)
-    starts, ends = [], []
-    for i, flag in enumerate(flags):
-        if flag:
-            mask[offsets[i] : offsets[i + 1]] = 1
-            starts.append(offsets[i])
-            ends.append(offsets[i + 1])
-    return {
-        "prompt": np.asarray(tokenizer.encode(prompt_text), np.int32),
-        "cont": cont,
-        "answer_mask": mask,
-        "answer_start": np.asarray(starts, np.int32),
-        "answer_end": np.asarray(ends, np.int32),
-        "answer_is_fact": is_fact,
-    }
+    """One record of ``dataset`` (a task name or a dataset name) as prompt and
+    continuation ids: the task's :attr:`~prosg_jax.tasks.Task.encode`."""
+    return tasks.get(dataset.partition("/")[0]).encode(record, tokenizer)
 
 
 def make_prosg_batch(
@@ -458,9 +287,9 @@ def base_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterData
     """Packed LM rows of one dataset (answer tokens marked for the loss weighting)."""
     spec = parse_dataset(name)
     source = load_split(spec, settings.directory, "train")
-    if type(settings.tokenizer).__name__ != "ByteTokenizer" and spec.dataset == "prompt_retention":
+    if spec.task.base_needs_byte_tokens and not isinstance(settings.tokenizer, ByteTokenizer):
         raise UserError(
-            "the base stage reads prompt_retention's stored byte tokens: use tokenizer='byte'"
+            f"the base stage reads {spec.task.name}'s stored byte tokens: use tokenizer='byte'"
         )
     ds = make_dataset(
         PipelineConfig(
@@ -488,10 +317,10 @@ def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDat
     """One example per row, as :func:`make_prosg_batch` dicts."""
     spec = parse_dataset(name)
     source = load_split(spec, settings.directory, "train")
-    encode = functools.partial(encode_record, dataset=spec.dataset, tokenizer=settings.tokenizer)
+    encode = functools.partial(encode_record, dataset=spec.name, tokenizer=settings.tokenizer)
     p, k = prosg_widths(
         source,
-        dataset=spec.dataset,
+        dataset=spec.name,
         tokenizer=settings.tokenizer,
         prompt_len=settings.prompt_len,
         cont_len=settings.cont_len,

@@ -13,24 +13,12 @@ from typing import Any
 
 import ml_collections
 
+from prosg_jax import tasks
 from prosg_jax.config import ProSGConfig, RWKVConfig, model_config_from_dict
 from prosg_jax.errors import UserError
+from prosg_jax.models import model_family
 from prosg_jax.train import data as data_lib
 from prosg_jax.train.config_check import check_config
-
-# RWKVConfig fields that fix parameter shapes (dtype is only the compute dtype).
-SHAPE_FIELDS = (
-    "version",
-    "vocab_size",
-    "d_model",
-    "n_layer",
-    "d_ffn",
-    "head_size",
-    "d_decay_lora",
-    "d_aaa_lora",
-    "d_mv_lora",
-    "d_gate_lora",
-)
 
 
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
@@ -71,9 +59,10 @@ def model_config(config: ml_collections.ConfigDict) -> RWKVConfig:
 
 
 def shape_of(cfg: RWKVConfig) -> dict[str, int]:
-    """The fields of ``cfg`` that fix parameter shapes (RWKV-4 ignores head/LoRA sizes)."""
-    fields = SHAPE_FIELDS if cfg.version == 7 else SHAPE_FIELDS[:5]
-    return {f: getattr(cfg, f) for f in fields}
+    """The fields of ``cfg`` that fix parameter shapes: the family and its own fields
+    (RWKV-4 ignores the head and LoRA sizes)."""
+    fields = model_family(cfg).shape_fields
+    return {"version": cfg.version, **{f: getattr(cfg, f) for f in fields}}
 
 
 def check_same_shape(want: RWKVConfig, have: RWKVConfig, where: str) -> None:
@@ -143,6 +132,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         curricula[stage] = curriculum(config, stage)
         for phase in curricula[stage]:
             for name, _ in phase.mixture:
-                data_lib.check_vocab(data_lib.parse_dataset(name), model.vocab_size)
+                data_lib.check_vocab(tasks.parse_dataset(name), model.vocab_size)
         optim.make_optimizer(config.train, config.train[stage])
     return Experiment(model=model, prosg=prosg_cfg, stages=names, curricula=curricula)

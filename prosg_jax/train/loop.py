@@ -19,7 +19,7 @@ from prosg_jax import prosg, provenance
 from prosg_jax.checkpoint import save_rwkv
 from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.errors import UserError
-from prosg_jax.export import BASE_FILE, RUN_FILE, SG_FILE, run_info, save_sg_params, write_json
+from prosg_jax.run import BASE_FILE, RUN_FILE, SG_FILE, run_info, save_sg_params, write_json
 from prosg_jax.train import checkpointing, experiment, optim
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import mesh as mesh_lib

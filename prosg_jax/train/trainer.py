@@ -20,38 +20,23 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from pathlib import Path
 
 import jax
 import ml_collections
 
+from prosg_jax import tasks
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.data.tokenizers import get_tokenizer
 from prosg_jax.errors import UserError
-from prosg_jax.export import BASE_FILE, read_run_info
 from prosg_jax.models import init_params
+from prosg_jax.run import BASE_FILE, check_workdir, read_run_info
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import experiment
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.loop import Context, Params, Preempted, StopFlag, host_params, run_stage
 
-__all__ = ["Params", "Preempted", "check_workdir", "train"]
-
-
-def check_workdir(workdir: str | os.PathLike) -> Path:
-    """Creates ``workdir`` and checks that it is writable (one-line error otherwise)."""
-    if not str(workdir).strip():  # Path("") is the current directory
-        raise UserError("--workdir is empty: name the run's directory, e.g. --workdir=/tmp/run")
-    path = Path(workdir).absolute()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_test_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"workdir {path} is not writable: {e.strerror or e}") from e
-    return path
+__all__ = ["Params", "Preempted", "train"]
 
 
 def start_distributed() -> None:
@@ -139,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
     for phases in exp.curricula.values():  # build every dataset before the first step
         for phase in phases:
             for name, _ in phase.mixture:
-                data_lib.prepare(data_lib.parse_dataset(name), directory)
+                data_lib.prepare(tasks.parse_dataset(name), directory)
 
     stop = StopFlag()
     previous = signal.getsignal(signal.SIGTERM)
