@@ -10,7 +10,9 @@ Two tokenizers share the small :class:`Tokenizer` protocol:
   ``rwkv_vocab_v20230424``, 65,536 ids). It produces exactly the ids of the
   reference ``rwkv.rwkv_tokenizer.TRIE_TOKENIZER`` (greedy longest match over
   UTF-8 bytes) and is about twice as fast on mixed text (memoised pieces, see
-  :meth:`WorldTokenizer.encode_bytes` and ``benchmarks/tokenizer_bench.py``).
+  :meth:`WorldTokenizer.encode_bytes` and ``benchmarks/tokenizer_bench.py``);
+  with the optional ``pyrwkv_tokenizer`` installed, text is encoded by that
+  compiled encoder instead, with the same ids.
 
 Use :func:`get_tokenizer` to build one by name.
 """
@@ -400,7 +402,7 @@ class WorldTokenizer:
 
     With the optional ``pyrwkv_tokenizer`` installed (``pip install
     prosg_jax[fast]``), :meth:`encode` of the vendored vocabulary runs its
-    compiled encoder, with the same ids, about 20 times faster.
+    compiled encoder, with the same ids, about 8 times faster.
 
     Id 0 is end-of-text and padding (``pad_id == eos_id == 0``); it has no
     bytes, is never produced by ``encode`` and is dropped by ``decode``. Ids
