@@ -218,7 +218,7 @@ def _gate(deltas: Deltas, on: Bool[Array, "B T"]) -> Deltas:
 
 
 def _read_contexts(
-    model_cfg, params, prosg_cfg, deltas, prompts, prompt_lengths, contexts, ctx_lengths
+    model_cfg, params, prosg_cfg, deltas, *, prompts, prompt_lengths, contexts, context_lengths
 ):
     """Prompt ++ context, left-aligned, in one pass from a fresh state.
 
@@ -231,10 +231,10 @@ def _read_contexts(
     """
     if prosg_cfg.method == "repeat_prompt":
         prompts, prompt_lengths = repeat_prompts(prompts, prompt_lengths)
-    joint, lengths = join_rows(prompts, prompt_lengths, contexts, ctx_lengths)
+    joint, lengths = join_rows(prompts, prompt_lengths, contexts, context_lengths)
     tokens, positions, _ = left_align(joint, lengths)
     width = tokens.shape[1]
-    on = jnp.arange(width)[None, :] >= width - 1 - ctx_lengths[:, None]
+    on = jnp.arange(width)[None, :] >= width - 1 - context_lengths[:, None]
     logits, state, _ = forward_core(
         model_cfg,
         params,
@@ -252,10 +252,11 @@ def _prefill(
     params,
     sg_params,
     prosg_cfg,
+    *,
     prompts,
     prompt_lengths,
     contexts,
-    ctx_lengths,
+    context_lengths,
     stop_ids,
     key,
 ):
@@ -272,7 +273,14 @@ def _prefill(
         last = logits[:, 0]
     else:
         last, state = _read_contexts(
-            model_cfg, params, prosg_cfg, deltas, prompts, prompt_lengths, contexts, ctx_lengths
+            model_cfg,
+            params,
+            prosg_cfg,
+            deltas,
+            prompts=prompts,
+            prompt_lengths=prompt_lengths,
+            contexts=contexts,
+            context_lengths=context_lengths,
         )
     batch = prompts.shape[0]
     sampling = SamplingState(
@@ -440,9 +448,9 @@ def prefill(
     if contexts is None:
         if context_lengths is not None:
             raise ValueError("context_lengths given without contexts")
-        ctx = ctx_lengths = None
+        context_rows = context_row_lengths = None
     else:
-        ctx, ctx_lengths = right_padded(
+        context_rows, context_row_lengths = right_padded(
             model_cfg,
             contexts,
             context_lengths,
@@ -450,10 +458,10 @@ def prefill(
             lengths_name="context_lengths",
             min_length=0,
         )
-        if ctx.shape[0] != batch:
-            raise ValueError(f"contexts has {ctx.shape[0]} rows, prompts {batch}")
-        ctx = jnp.asarray(_pad_columns(ctx, bucket(ctx.shape[1])))
-        ctx_lengths = jnp.asarray(ctx_lengths)
+        if context_rows.shape[0] != batch:
+            raise ValueError(f"contexts has {context_rows.shape[0]} rows, prompts {batch}")
+        context_rows = jnp.asarray(_pad_columns(context_rows, bucket(context_rows.shape[1])))
+        context_row_lengths = jnp.asarray(context_row_lengths)
     # Methods without learned or gradient deltas compile once, whatever the
     # other fields of their config.
     static_pc = pc if pc.method in ("prosg", "true_grad") else ProSGConfig(method=pc.method)
@@ -462,16 +470,16 @@ def prefill(
         params,
         sg_params if pc.method == "prosg" else None,
         static_pc,
-        jnp.asarray(rows),
-        jnp.asarray(lengths),
-        ctx,
-        ctx_lengths,
-        jnp.asarray(_stop_matrix(model_cfg, stop_tokens, batch)),
-        jax.random.key(0) if key is None else key,
+        prompts=jnp.asarray(rows),
+        prompt_lengths=jnp.asarray(lengths),
+        contexts=context_rows,
+        context_lengths=context_row_lengths,
+        stop_ids=jnp.asarray(_stop_matrix(model_cfg, stop_tokens, batch)),
+        key=jax.random.key(0) if key is None else key,
     )
 
 
-def _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p, unroll):
+def _run_decode(model_cfg, params, sampling, deltas, *, n, temperature, top_k, top_p, unroll):
     _check_count("unroll", unroll)
     return _decode(
         model_cfg,
@@ -520,7 +528,17 @@ def decode_chunk(
     _check_sampling(model_cfg, temperature, top_k, top_p)
     if deltas is not None:
         check_deltas(model_cfg, deltas, sampling.done.shape[0])
-    return _run_decode(model_cfg, params, sampling, deltas, n, temperature, top_k, top_p, unroll)
+    return _run_decode(
+        model_cfg,
+        params,
+        sampling,
+        deltas,
+        n=n,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        unroll=unroll,
+    )
 
 
 def generate(
@@ -577,6 +595,14 @@ def generate(
         key=key,
     )
     tokens, sampling = _run_decode(
-        model_cfg, params, sampling, deltas, max_new_tokens, temperature, top_k, top_p, unroll
+        model_cfg,
+        params,
+        sampling,
+        deltas,
+        n=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        unroll=unroll,
     )
     return Generation(tokens=tokens, lengths=sampling.lengths, stopped=sampling.done)
