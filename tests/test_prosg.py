@@ -382,7 +382,7 @@ def test_query_pool_matches_its_formula_in_numpy(model):
     states = prosg.prompt_states(cfg, params, prompts, lengths, (name,))
     d_hat, z = prosg.predict_errors(cfg, sg[name], states.hidden["blocks.1"], states.state[1])
     u, v = prosg.compress(
-        pc, sg[name], d_hat, states.inputs[name], z, states.mask, states.positions
+        pc, sg[name], d_hat, states.inputs[name], z=z, mask=states.mask, positions=states.positions
     )
     d_hat, z, x = (np.asarray(a, np.float64) for a in (d_hat, z, states.inputs[name]))
     q, kappa = (np.asarray(sg[name][k], np.float64) for k in ("queries", "kappa"))
@@ -408,7 +408,7 @@ def test_sketch_is_unbiased_over_many_seeds(model):
     x = states.inputs[name]
     mask, pos = states.mask, states.positions
     # compress() is exactly the einsum of the sketch matrix for its seed ...
-    u0, v0 = prosg.compress(pc, sg[name], d_hat, x, z, mask, pos)
+    u0, v0 = prosg.compress(pc, sg[name], d_hat, x, z=z, mask=mask, positions=pos)
     s0 = prosg.sketch_matrix(pos, mask, rank, 0)
     np.testing.assert_allclose(u0, jnp.einsum("bpo,bpr->bor", d_hat, s0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(v0, jnp.einsum("bpi,bpr->bir", x, s0), atol=1e-6, rtol=0)

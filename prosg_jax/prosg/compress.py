@@ -47,6 +47,7 @@ def compress(
     sg: dict,
     delta_hat: Float[Array, "B P O"],
     x: Float[Array, "B P I"],
+    *,
     z: Float[Array, "B P C"],
     mask: Bool[Array, "B P"],
     positions: Int[Array, "B P"],

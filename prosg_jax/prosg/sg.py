@@ -146,7 +146,13 @@ def synthetic_deltas(
         sg = sg_params[name]
         delta_hat, z = predict_errors(model_cfg, sg, states.hidden[block], states.state[layer])
         u, v = compress(
-            prosg_cfg, sg, delta_hat, states.inputs[name], z, states.mask, states.positions
+            prosg_cfg,
+            sg,
+            delta_hat,
+            states.inputs[name],
+            z=z,
+            mask=states.mask,
+            positions=states.positions,
         )
         deltas[name] = LowRankDelta(u=u, v=v, scale=sg["scale"])
     return deltas
