@@ -176,7 +176,7 @@ class _Compiled:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, stage_key, mesh, trainable, frozen):
+def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, *, stage_key, mesh, trainable, frozen):
     """The optimizer, shardings and jitted functions of a stage, built once per process.
 
     Keyed on everything they depend on, so a second ``train`` call in the same
@@ -277,10 +277,10 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         model_cfg,
         prosg_cfg,
         tuple(config.train[k] for k in _TRAIN_FIELDS),
-        tuple(st[k] for k in _STAGE_FIELDS),
-        mesh,
-        _signature(trainable),
-        _signature(frozen),
+        stage_key=tuple(st[k] for k in _STAGE_FIELDS),
+        mesh=mesh,
+        trainable=_signature(trainable),
+        frozen=_signature(frozen),
     )
     lr_fn, shapes = compiled.lr_fn, compiled.shapes
     state_sh, frozen_sh, fns = compiled.state_sh, compiled.frozen_sh, compiled.fns
