@@ -21,6 +21,7 @@ import numpy as np
 
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, families
+from prosg_jax.models.layers import RWKV5_6_KEYS
 from prosg_jax.models.lm import all_finite, check_params, model_family
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -105,7 +106,7 @@ def detect_family(keys) -> Family:
     for family in families():
         if family.detect is not None and family.detect(keys):
             return family
-    if any(s in k for k in keys for s in ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")):
+    if any(s in k for k in keys for s in RWKV5_6_KEYS):
         raise CheckpointError("RWKV-5/6 checkpoints are not supported; use RWKV-4 or RWKV-7")
     known = [f.name for f in families() if f.detect is not None]
     raise CheckpointError(

@@ -194,11 +194,11 @@ def test_value_gap_keeps_the_invariants():
 )
 def test_encode_record_cuts_after_the_pairs(config):
     # The ProSG and eval paths: the prompt is the pairs, each answer the value after its query.
+    from prosg_jax import tasks
     from prosg_jax.data.tokenizers import ByteTokenizer
-    from prosg_jax.train.data import encode_record
 
     ex = mqar.make_example(config, "validation", 1)
-    out = encode_record(ex, dataset="mqar", tokenizer=ByteTokenizer())
+    out = tasks.get("mqar").encode(ex, ByteTokenizer())
     span = config.pair_len
     np.testing.assert_array_equal(out["prompt"], ex["tokens"][: span * config.num_kv_pairs])
     answers = out["cont"][out["answer_start"]]

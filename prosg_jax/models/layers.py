@@ -143,6 +143,11 @@ def trunk_layout(c: int, v: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
     ]
 
 
+# Key fragments of RWKV-5/6 checkpoints (which also name `att.time_mix_k`):
+# RWKV-4's detector excludes them and load_rwkv names them in its refusal.
+RWKV5_6_KEYS = ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")
+
+
 def rwkv_target_shape(cfg, matrix: str) -> tuple[int, int]:
     """``(d_out, d_in)`` of an RWKV block matrix: the FFN's two are ``F x C`` and
     ``C x F``, every time-mix projection ``C x C``."""

@@ -33,6 +33,7 @@ from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, register
 from prosg_jax.models.layers import (
     NO_HOOKS,
+    RWKV5_6_KEYS,
     TargetHooks,
     block_norm_layout,
     dense,
@@ -225,15 +226,11 @@ def read_state(
     return mean_v[:, None, :] * q
 
 
-# Keys of RWKV-5/6, which also name `att.time_mix_k` but are other models.
-_LATER_VERSIONS = ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")
-
-
 def detect(keys) -> bool:
     """Whether a state dict's key names are RWKV-4's."""
     keys = list(keys)
     return any(".att.time_mix_k" in k for k in keys) and not any(
-        s in k for k in keys for s in _LATER_VERSIONS
+        s in k for k in keys for s in RWKV5_6_KEYS
     )
 
 

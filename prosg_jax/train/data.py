@@ -13,7 +13,7 @@ probability 2/3 and from B with 1/3 (a missing weight is 1). A curriculum is a
 Batches. The ``base`` stage reads packed rows through
 :mod:`prosg_jax.data.pipeline`. The ``prosg``/``joint`` stages read one
 example per row, split into prompt and continuation by the task
-(:func:`encode_record`) and padded by :func:`make_prosg_batch`.
+(:attr:`prosg_jax.tasks.Task.encode`) and padded by :func:`make_prosg_batch`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import grain
 import jax
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
-from prosg_jax import prosg, tasks
+from prosg_jax import prosg
 from prosg_jax.data import build
 from prosg_jax.data.pipeline import PipelineConfig, make_dataset
 from prosg_jax.data.tokenizers import ByteTokenizer, Tokenizer
@@ -149,12 +148,6 @@ def check_vocab(spec: DatasetSpec, vocab_size: int) -> None:
 # --------------------------------------------------------------------------- records
 
 
-def encode_record(record: dict[str, Any], *, dataset: str, tokenizer: Tokenizer) -> dict:
-    """One record of ``dataset`` (a task name or a dataset name) as prompt and
-    continuation ids: the task's :attr:`~prosg_jax.tasks.Task.encode`."""
-    return tasks.get(dataset.partition("/")[0]).encode(record, tokenizer)
-
-
 def make_prosg_batch(
     examples: Sequence[dict],
     *,
@@ -215,8 +208,10 @@ def _round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def prosg_widths(source, *, dataset: str, tokenizer: Tokenizer, prompt_len: int, cont_len: int):
+def prosg_widths(source, *, encode: Callable[[dict], dict], prompt_len: int, cont_len: int):
     """``(P, K)``: the configured widths, or sized from records spread over the split (0 = auto).
+
+    ``encode`` turns a record into prompt and continuation ids (the task's).
 
     Auto widths are the longest sampled prompt/continuation plus 32 tokens,
     rounded up to a multiple of 64; in training a longer prompt is skipped and
@@ -225,7 +220,7 @@ def prosg_widths(source, *, dataset: str, tokenizer: Tokenizer, prompt_len: int,
     if prompt_len and cont_len:
         return prompt_len, cont_len
     picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), _WIDTH_SAMPLE)).astype(int))
-    sample = [encode_record(source[int(i)], dataset=dataset, tokenizer=tokenizer) for i in picks]
+    sample = [encode(source[int(i)]) for i in picks]
     auto_p = _round_up(max(len(e["prompt"]) for e in sample) + 32, _WIDTH_MULTIPLE)
     auto_k = _round_up(max(len(e["cont"]) for e in sample) + 32, _WIDTH_MULTIPLE)
     return prompt_len or auto_p, cont_len or auto_k
@@ -317,11 +312,10 @@ def prosg_dataset(name: str, settings: DataSettings, seed: int) -> grain.IterDat
     """One example per row, as :func:`make_prosg_batch` dicts."""
     spec = parse_dataset(name)
     source = load_split(spec, settings.directory, "train")
-    encode = functools.partial(encode_record, dataset=spec.name, tokenizer=settings.tokenizer)
+    encode = functools.partial(spec.task.encode, tokenizer=settings.tokenizer)
     p, k = prosg_widths(
         source,
-        dataset=spec.name,
-        tokenizer=settings.tokenizer,
+        encode=encode,
         prompt_len=settings.prompt_len,
         cont_len=settings.cont_len,
     )
