@@ -26,7 +26,7 @@ How the shipped files were made (``pretrained/mqar_base.json`` and
 
 import ml_collections
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 _TASK = "l128_kv8_voc256"  # MQAR: 128 inputs, 8 pairs, ids < 256 (fits the byte vocab)
 

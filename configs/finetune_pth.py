@@ -9,7 +9,7 @@ The base is frozen (stage ``prosg`` only); its shape below must match the file
 Every field not set here is the embedded default's (configs/tiny_cpu.py).
 """
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 
 def get_config():

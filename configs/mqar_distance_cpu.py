@@ -18,7 +18,7 @@ trained distance.
 
 import ml_collections
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 _TASK = "l128_kv8_voc256"  # MQAR: 128 inputs, 8 pairs, ids < 256 (fits the byte vocab)
 

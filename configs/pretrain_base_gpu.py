@@ -26,7 +26,7 @@ retrieves another fact's word. An MQAR warm-up before the text fixes the codes
 
 import ml_collections
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 # Distances and fact counts of the base-stage mixture: "d<D>_f<facts>".
 _MIXTURE = ("d0_f1", "d16_f2", "d32_f4", "d48_f1", "d64_f2", "d64_f4")

@@ -4,7 +4,7 @@ Every field not set here is the embedded default's (configs/tiny_cpu.py, where
 each one is documented).
 """
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ by default (``--config.tokenizer=world --config.model.vocab_size=65536`` for the
 world tokenizer; the base stage needs the byte tokenizer on the generated data).
 """
 
-from prosg_jax.train.experiment import sibling_config
+from prosg_jax.experiment import sibling_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ Dataset names (``data.train_mixture``, ``eval.*``) are TFDS names of the
 generated datasets; names that are not predefined are built on the fly, e.g.
 ``prompt_retention/d128_f4_n2000`` (distance 128, 4 facts, 2,000 training
 examples) or ``mqar/l128_kv8_voc256`` (vocabulary 256, so it fits the byte
-model). See ``prosg_jax.train.data.parse_dataset`` for the grammar.
+model). See ``prosg_jax.tasks.parse_dataset`` for the grammar.
 """
 
 import ml_collections

@@ -111,7 +111,7 @@ def _comments(files: list[Path]) -> dict[str, str]:
 
 def config_help(config, config_file: str) -> str:
     """Every field of ``config``: ``--config.<field>=<value>`` and its comment."""
-    from prosg_jax.train.config_check import leaves
+    from prosg_jax.config_check import leaves
 
     main = Path(config_file.split(":", 1)[0])
     comments = _comments([main, *sorted(p for p in main.parent.glob("*.py") if p != main)])

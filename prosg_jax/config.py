@@ -112,6 +112,27 @@ class RWKVConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def from_dict(cls, d) -> RWKVConfig:
+        """The one way to build a model config from a mapping: an experiment
+        config's ``model`` section or a run record's ``model`` object.
+
+        Keys: ``version`` (the family: 4, 7 or a registered one), ``vocab_size``,
+        ``d_model``, ``n_layer``, optional ``d_ffn``, ``head_size`` (RWKV-7), the
+        RWKV-7 LoRA widths, ``dtype`` and ``wkv_impl``. The family's preset fills
+        the widths not given; a ``None`` or zero ``d_ffn`` counts as not given.
+        """
+        d = {k: v for k, v in dict(d).items() if v is not None}
+        if not d.get("d_ffn"):
+            d.pop("d_ffn", None)
+        try:
+            family = _family(d.pop("version", None))
+        except ValueError as e:
+            raise ValueError(f"config.model.version {e}") from None
+        if family.preset is None:
+            return cls(version=family.version, **d)
+        return family.preset(**d)
+
+    @classmethod
     def rwkv7(
         cls,
         *,
@@ -120,10 +141,15 @@ class RWKVConfig:
         n_layer: int,
         head_size: int = 64,
         d_ffn: int | None = None,
+        d_decay_lora: int | None = None,
+        d_aaa_lora: int | None = None,
+        d_mv_lora: int | None = None,
+        d_gate_lora: int | None = None,
         dtype: DType = "float32",
         wkv_impl: str = "auto",
     ) -> RWKVConfig:
-        """An RWKV-7 config with BlinkDL's default widths (FFN 4x, LoRA ~ sqrt(C))."""
+        """An RWKV-7 config; the widths not given are BlinkDL's defaults (FFN 4x,
+        LoRA ~ sqrt(C))."""
         return cls(
             version=7,
             vocab_size=vocab_size,
@@ -131,10 +157,10 @@ class RWKVConfig:
             n_layer=n_layer,
             d_ffn=d_ffn or 4 * d_model,
             head_size=head_size,
-            d_decay_lora=_lora_dim(d_model, 2.5),
-            d_aaa_lora=_lora_dim(d_model, 2.5),
-            d_mv_lora=_lora_dim(d_model, 1.7),
-            d_gate_lora=_lora_dim(d_model, 5.0),
+            d_decay_lora=_lora_dim(d_model, 2.5) if d_decay_lora is None else d_decay_lora,
+            d_aaa_lora=_lora_dim(d_model, 2.5) if d_aaa_lora is None else d_aaa_lora,
+            d_mv_lora=_lora_dim(d_model, 1.7) if d_mv_lora is None else d_mv_lora,
+            d_gate_lora=_lora_dim(d_model, 5.0) if d_gate_lora is None else d_gate_lora,
             dtype=dtype,
             wkv_impl=wkv_impl,
         )
@@ -160,23 +186,6 @@ class RWKVConfig:
             dtype=dtype,
             wkv_impl=wkv_impl,
         )
-
-
-def model_config_from_dict(d) -> RWKVConfig:
-    """Builds the frozen :class:`RWKVConfig` from an experiment config's ``model`` dict.
-
-    Keys: ``version`` (the family: 4, 7 or a registered one), ``vocab_size``,
-    ``d_model``, ``n_layer``, optional ``d_ffn``, ``head_size`` (RWKV-7),
-    ``dtype`` and ``wkv_impl``; the family's preset fills the widths not given.
-    """
-    d = dict(d)
-    try:
-        family = _family(d.pop("version", None))
-    except ValueError as e:
-        raise ValueError(f"config.model.version {e}") from None
-    if family.preset is None:
-        return RWKVConfig(version=family.version, **d)
-    return family.preset(**d)
 
 
 METHODS = ("none", "prosg", "true_grad", "repeat_prompt")
@@ -268,6 +277,29 @@ class ProSGConfig:
         """Returns a copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d) -> ProSGConfig:
+        """The one way to build a ProSG config from a mapping: an experiment
+        config's ``prosg`` section or a run record's ``prosg`` object.
+
+        ``matrices`` may be a comma-separated string or a list; ``layers`` a
+        comma-separated string, a list, or empty / ``None`` for every layer.
+        """
+        d = dict(d)
+        if "matrices" in d:
+            m = d["matrices"]
+            d["matrices"] = _split(m) if isinstance(m, str) else tuple(m)
+        layers = d.get("layers")
+        if isinstance(layers, str):
+            try:
+                layers = tuple(int(s) for s in _split(layers))
+            except ValueError:
+                raise ValueError(
+                    f"ProSGConfig.layers must be comma-separated integers, got {layers!r}"
+                ) from None
+        d["layers"] = tuple(layers) if layers else None
+        return cls(**d)
+
     def targets(self, model: RWKVConfig) -> tuple[str, ...]:
         """The target paths (``"blocks.i.att.value"``) this config selects in ``model``.
 
@@ -285,6 +317,10 @@ class ProSGConfig:
         if out_of_range:
             raise ValueError(f"target layers {out_of_range} outside [0, {model.n_layer})")
         return tuple(f"blocks.{i}.{m}" for i in layers for m in self.matrices)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def _name_tuple(matrices) -> tuple[str, ...]:

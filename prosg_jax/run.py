@@ -215,14 +215,6 @@ def read_run_info(workdir: str | Path) -> dict | None:
     return info
 
 
-def prosg_config_from_dict(d: dict) -> ProSGConfig:
-    d = dict(d)
-    d["matrices"] = tuple(d["matrices"])
-    if d.get("layers") is not None:
-        d["layers"] = tuple(d["layers"])
-    return ProSGConfig(**d)
-
-
 def load_run(workdir: str | os.PathLike) -> Run:
     """The latest exported checkpoint of a training run, on the default device.
 
@@ -243,8 +235,8 @@ def load_run(workdir: str | os.PathLike) -> Run:
     if info is None or not (workdir / BASE_FILE).is_file():
         raise FileNotFoundError(f"no trained run in {workdir} (run train.py with this --workdir)")
     try:
-        want = RWKVConfig(**info["model"])
-        prosg_cfg = prosg_config_from_dict(info["prosg"])
+        want = RWKVConfig.from_dict(info["model"])
+        prosg_cfg = ProSGConfig.from_dict(info["prosg"])
     except (TypeError, ValueError, KeyError) as e:
         raise UserError(f"{workdir / RUN_FILE} holds an invalid config: {e}") from e
     model_cfg, params = load_rwkv(workdir / BASE_FILE, dtype=jnp.dtype(want.dtype))

@@ -27,10 +27,10 @@ import pytest
 from train_fixtures import ROOT, load_config
 
 import prosg_jax as pj
+from prosg_jax import experiment
+from prosg_jax.config_check import RULES, check_config, leaves
 from prosg_jax.errors import UserError
 from prosg_jax.eval import evaluate
-from prosg_jax.train import experiment
-from prosg_jax.train.config_check import RULES, check_config, leaves
 
 # --------------------------------------------------------------------------- configs
 

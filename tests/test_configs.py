@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import pytest
 from train_fixtures import ROOT, load_config
 
-from prosg_jax import prosg, tasks
+import prosg_jax as pj
+from prosg_jax import experiment, prosg, tasks
 from prosg_jax.models import init_params
-from prosg_jax.train import data as data_lib
-from prosg_jax.train import experiment, optim
+from prosg_jax.tasks import datasets
+from prosg_jax.train import optim
 
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 
@@ -66,12 +69,12 @@ def test_dataset_grammar():
     ):
         with pytest.raises(experiment.UserError):
             tasks.parse_dataset(bad)
-    phases = data_lib.parse_curriculum(
+    phases = datasets.parse_curriculum(
         "0=prompt_retention/d64_f4;30=prompt_retention/d64_f4:1,mqar/l64_kv4:3"
     )
     assert [p.start for p in phases] == [0, 30]
     assert phases[1].mixture[1] == ("mqar/l64_kv4", 3.0)
-    assert data_lib.phase_index(phases, 29) == 0 and data_lib.phase_index(phases, 30) == 1
+    assert datasets.phase_index(phases, 29) == 0 and datasets.phase_index(phases, 30) == 1
 
 
 def test_decay_mask_spares_norms_embeddings_and_scales():
@@ -86,3 +89,29 @@ def test_decay_mask_spares_norms_embeddings_and_scales():
     sg = jax.eval_shape(lambda: prosg.init(jax.random.key(0), cfg, ProSGConfig(rank=2)))
     sg_mask = optim.decay_mask(sg)["blocks.0.att.value"]
     assert sg_mask["w_in"] and not sg_mask["scale"] and not sg_mask["ln"]["weight"]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pj.RWKVConfig.rwkv4(vocab_size=64, d_model=32, n_layer=2, d_ffn=96, dtype="bfloat16"),
+        pj.RWKVConfig.rwkv7(vocab_size=64, d_model=64, n_layer=3, head_size=16, wkv_impl="scan"),
+    ],
+    ids=["rwkv4", "rwkv7"],
+)
+def test_from_dict_reads_a_run_record_and_a_config_section_alike(model):
+    import dataclasses
+
+    assert pj.RWKVConfig.from_dict(dataclasses.asdict(model)) == model
+    section = {"version": model.version, "vocab_size": 64, "d_model": model.d_model}
+    section |= {"n_layer": model.n_layer, "d_ffn": None, "head_size": model.head_size}
+    preset = pj.RWKVConfig.from_dict(section)
+    assert preset.d_ffn == 4 * model.d_model and preset.d_decay_lora == model.d_decay_lora
+    pc = pj.ProSGConfig(matrices=("att.value", "ffn.value"), layers=(0, 2), rank=4)
+    record = json.loads(json.dumps(dataclasses.asdict(pc)))  # tuples become lists
+    assert pj.ProSGConfig.from_dict(record) == pc
+    text = {**record, "matrices": "att.value, ffn.value", "layers": "0,2"}
+    assert pj.ProSGConfig.from_dict(text) == pc
+    assert pj.ProSGConfig.from_dict({**record, "layers": ""}).layers is None
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        pj.ProSGConfig.from_dict({**record, "layers": "0,x"})

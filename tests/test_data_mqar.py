@@ -258,17 +258,17 @@ def test_unknown_config_name_raises():
 
 
 def test_generation_prints_our_line_not_tfds_unknown_sizes(tmp_path, capfd):
-    from prosg_jax.train import data as data_lib
+    from prosg_jax.tasks import datasets
 
     name = "mqar/l64_kv4_voc128_n16_val4_t0"
     spec = tasks.parse_dataset(name)
-    data_lib.prepare(spec, str(tmp_path))
+    datasets.prepare(spec, str(tmp_path))
     out, err = capfd.readouterr()
     where = tmp_path / name / "1.0.0"
     assert f"Generating {name} (train 16 / validation 4 examples) into {where}" in err.splitlines()
     assert "Unknown size" not in out + err
     assert "downloaded and prepared" not in out + err
-    data_lib.prepare(spec, str(tmp_path))  # Already on disk: reused, silently.
+    datasets.prepare(spec, str(tmp_path))  # Already on disk: reused, silently.
     out, err = capfd.readouterr()
     assert "Generating" not in out + err
 

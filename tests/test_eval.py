@@ -13,11 +13,11 @@ from train_fixtures import tiny_config
 
 import prosg_jax as pj
 from prosg_jax import tasks
+from prosg_jax.config_check import EVAL_SPLITS
 from prosg_jax.data import mqar
 from prosg_jax.errors import UserError
 from prosg_jax.eval import evaluation, report, scoring
-from prosg_jax.train import data as data_lib
-from prosg_jax.train.config_check import EVAL_SPLITS
+from prosg_jax.tasks import datasets
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_block_reading_equals_one_pass(trained_run):
     for method in ("none", "prosg"):  # the two readers: without deltas and with them
         cfg = scoring.method_config(run.prosg_cfg, method)
         sg = run.sg_params if method == "prosg" else None
-        arrays = data_lib.make_prosg_batch(
+        arrays = datasets.make_prosg_batch(
             es.examples,
             prompt_len=max(len(e["prompt"]) for e in es.examples),
             cont_len=max(len(e["cont"]) for e in es.examples),
@@ -141,7 +141,7 @@ def test_block_reading_equals_one_pass(trained_run):
             answer_weight=1.0,
         )
         logits, _, _ = pj.prosg.continuation_logits(
-            run.model_cfg, run.params, sg, cfg, data_lib.to_batch(arrays)
+            run.model_cfg, run.params, sg, cfg, datasets.to_batch(arrays)
         )
         logp = np.asarray(jax.nn.log_softmax(logits, -1))
         targets = arrays["targets"]

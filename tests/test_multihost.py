@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 from train_fixtures import MQAR_TRAIN
 
 from prosg_jax import tasks
-from prosg_jax.train import data as data_lib
+from prosg_jax.tasks import datasets
 
 TESTS = Path(__file__).resolve().parent
 
@@ -66,7 +66,7 @@ def _metrics(workdir: Path) -> list[dict]:
 
 def test_two_processes_train_like_one(tmp_path):
     data = tmp_path / "data"
-    data_lib.prepare(tasks.parse_dataset(MQAR_TRAIN), str(data))  # built before 3 readers
+    datasets.prepare(tasks.parse_dataset(MQAR_TRAIN), str(data))  # built before 3 readers
     single = _start(tmp_path / "one", data, 4, False)
     port = _free_port()
     procs = [

@@ -193,7 +193,8 @@ _MESH_SCRIPT = textwrap.dedent(
     from train_fixtures import tiny_config
     from prosg_jax import prosg
     from prosg_jax.models import init_params
-    from prosg_jax.train import experiment, optim, data as data_lib, mesh as mesh_lib
+    from prosg_jax import experiment
+    from prosg_jax.train import optim, data as data_lib, mesh as mesh_lib
     from prosg_jax.train.steps import TrainState, make_step_fns
     from prosg_jax.data.tokenizers import get_tokenizer
     assert jax.device_count() == 8
@@ -240,10 +241,10 @@ _MESH_SCRIPT = textwrap.dedent(
 def test_data_parallel_and_fsdp_steps_match_one_device(tmp_path):
     from train_fixtures import MQAR_TRAIN, PR_TRAIN
 
-    from prosg_jax.train import data as data_lib
+    from prosg_jax.tasks import datasets
 
     for name in (PR_TRAIN, MQAR_TRAIN):
-        data_lib.prepare(tasks.parse_dataset(name), str(tmp_path))
+        datasets.prepare(tasks.parse_dataset(name), str(tmp_path))
     proc = _script(
         ["-c", _MESH_SCRIPT, str(tmp_path), PR_TRAIN],
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -291,9 +292,8 @@ def test_forget_frac_continues_the_leading_rows_from_an_empty_state():
     """The ProSG loss with forget_frac is continuation_loss with the leading rows forgotten."""
     import jax.numpy as jnp
 
-    from prosg_jax import prosg
+    from prosg_jax import experiment, prosg
     from prosg_jax.models import init_params
-    from prosg_jax.train import experiment
     from prosg_jax.train.steps import forget_rows, loss_fn
 
     exp = experiment.build(tiny_config())

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_model
 
 import prosg_jax as pj
-from prosg_jax.config import model_config_from_dict
+from prosg_jax.config import RWKVConfig
 from prosg_jax.models import wkv
 from prosg_jax.models.lm import forward_core
 
@@ -217,8 +217,8 @@ def test_impl_is_validated():
 
 def test_wkv_impl_is_a_runtime_choice(tmp_path):
     d = dict(version=7, vocab_size=50, d_model=64, n_layer=1, head_size=32, wkv_impl="scan")
-    assert model_config_from_dict(d).wkv_impl == "scan"
-    assert model_config_from_dict({**d, "wkv_impl": "chunked"}).wkv_impl == "chunked"
+    assert RWKVConfig.from_dict(d).wkv_impl == "scan"
+    assert RWKVConfig.from_dict({**d, "wkv_impl": "chunked"}).wkv_impl == "chunked"
     # Checkpoints hold tensors only: a loaded model starts at "auto".
     cfg, params = tiny_model(4)
     path = pj.save_rwkv(tmp_path / "m.safetensors", cfg.replace(wkv_impl="scan"), params)

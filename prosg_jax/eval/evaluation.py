@@ -59,10 +59,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import provenance, tasks
+from prosg_jax import experiment, provenance, tasks
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.clock import PhaseClock
 from prosg_jax.config import METHODS
+from prosg_jax.config_check import check_config
 from prosg_jax.errors import UserError
 from prosg_jax.eval.report import INIT_MODEL, plot, results_table, retention_kind
 from prosg_jax.eval.scoring import (
@@ -83,9 +84,7 @@ from prosg_jax.run import (
     read_run_info,
     write_json,
 )
-from prosg_jax.train import data as data_lib
-from prosg_jax.train import experiment
-from prosg_jax.train.config_check import check_config
+from prosg_jax.tasks import datasets
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -289,7 +288,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     }
     for r in rows:  # a target the model lacks fails before any work
         method_config(run.prosg_cfg, r.method).targets(runs[r.model].model_cfg)
-    directory = data_lib.data_dir(config, workdir)
+    directory = datasets.data_dir(config, workdir)
     sets = [
         (
             retention_kind(share),
@@ -310,7 +309,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         for c in experiment.split_list(ev.mqar)
     ]
     for _, _, name in sets:
-        data_lib.check_vocab(tasks.parse_dataset(name), run.model_cfg.vocab_size)
+        datasets.check_vocab(tasks.parse_dataset(name), run.model_cfg.vocab_size)
 
     # Results key -> its task, in set order; the MQAR table is always present.
     kinds = {k: tasks.parse_dataset(n).task for k, _, n in sets}

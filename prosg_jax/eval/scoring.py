@@ -24,9 +24,8 @@ from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core
 from prosg_jax.prosg.ablations import derive
 from prosg_jax.run import Run, complete_ids, decode_text
-from prosg_jax.train import data as data_lib
+from prosg_jax.tasks.datasets import load_split, make_prosg_batch, round_up
 
-_WIDTH_MULTIPLE = 64
 # Tokens per teacher-forced read. Every continuation is read in blocks of this
 # width, so all distances share one compiled reader; a multiple of the chunked
 # WKV's chunk, and wide enough that a block's matmuls keep both cores busy.
@@ -134,10 +133,6 @@ class EvalSet:
     max_new_tokens: int
 
 
-def _round_up(n: int, m: int = _WIDTH_MULTIPLE) -> int:
-    return max(m, -(-n // m) * m)
-
-
 def eval_name(base: str, total: int, split: str = "test") -> str:
     """A copy of ``base`` with only ``split``: its same first ``total`` examples."""
     sizes = {"test": f"_val0_t{total}", "validation": f"_val{total}_t0"}[split]
@@ -153,7 +148,7 @@ def load_eval_set(
     """
     total = (max(seeds) + 1) * n
     spec = tasks.parse_dataset(name)
-    source = data_lib.load_split(spec, directory, split)
+    source = load_split(spec, directory, split)
     examples, example_seed = [], []
     for k, s in enumerate(seeds):
         for i in range(s * n, (s + 1) * n):
@@ -167,8 +162,8 @@ def load_eval_set(
     for e, ex in enumerate(examples):
         for start, end in zip(ex["answer_start"], ex["answer_end"], strict=True):
             rows.append((e, ex["prompt"], ex["cont"][:start], ex["cont"][start:end]))
-    p_width = _round_up(max(len(r[1]) for r in rows))
-    c_width = _round_up(max(len(r[2]) for r in rows))
+    p_width = round_up(max(len(r[1]) for r in rows))
+    c_width = round_up(max(len(r[2]) for r in rows))
     prompts = np.zeros((len(rows), p_width), np.int32)
     contexts = np.zeros((len(rows), c_width), np.int32)
     for j, (_, p, c, _) in enumerate(rows):
@@ -259,13 +254,13 @@ def teacher_forced(
     clock = clock or PhaseClock()
     prosg_cfg = method_config(run.prosg_cfg, method)
     sg = run.sg_params if prosg_cfg.method == "prosg" else None
-    p = _round_up(max(len(e["prompt"]) for e in es.examples))
-    k = _round_up(max(len(e["cont"]) for e in es.examples), block)
+    p = round_up(max(len(e["prompt"]) for e in es.examples))
+    k = round_up(max(len(e["cont"]) for e in es.examples), block)
     nll = np.zeros(len(es.examples))
     count = np.zeros(len(es.examples))
     preds = [None] * len(es.examples)
     for idx, padded in _batches(len(es.examples), batch_size):
-        arrays = data_lib.make_prosg_batch(
+        arrays = make_prosg_batch(
             [es.examples[i] for i in padded],
             prompt_len=p,
             cont_len=k,

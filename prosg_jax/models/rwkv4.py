@@ -234,6 +234,14 @@ def detect(keys) -> bool:
     )
 
 
+def _preset(
+    *, head_size=None, d_decay_lora=0, d_aaa_lora=0, d_mv_lora=0, d_gate_lora=0, **fields
+) -> RWKVConfig:
+    # RWKV-4 has no heads or LoRAs: experiment configs may carry head_size,
+    # run records carry every RWKVConfig field.
+    return RWKVConfig.rwkv4(**fields)
+
+
 FAMILY = register(
     Family(
         version=4,
@@ -253,8 +261,7 @@ FAMILY = register(
         target_shape=rwkv_target_shape,
         read_state=read_state,
         matmul_weights=MATMUL_WEIGHTS,
-        # RWKV-4 has no heads or LoRAs: its experiment configs may carry head_size.
-        preset=lambda head_size=None, **fields: RWKVConfig.rwkv4(**fields),
+        preset=_preset,
         checkpoint_layout=checkpoint_layout,
         detect=detect,
         config_fields=lambda tensors, dim, common: {},

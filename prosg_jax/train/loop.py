@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from prosg_jax import prosg, provenance
+from prosg_jax import experiment, prosg, provenance
 from prosg_jax.checkpoint import save_rwkv
 from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.errors import UserError
 from prosg_jax.run import BASE_FILE, RUN_FILE, SG_FILE, run_info, save_sg_params, write_json
-from prosg_jax.train import checkpointing, experiment, optim
+from prosg_jax.tasks import datasets
+from prosg_jax.train import checkpointing, optim
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.metrics import MetricsWriter
@@ -241,7 +242,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
     config, mesh = ctx.config, ctx.mesh
     st = config.train[stage]
     model_cfg = ctx.exp.model
-    prosg_cfg = experiment.prosg_config(config, train_base=stage == "joint")
+    prosg_cfg = ctx.exp.prosg.replace(train_base=stage == "joint")
     if stage != "base" and params.sg is None:
         params = Params(
             base=params.base,
@@ -292,7 +293,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
     start = latest or 0
     phase_no, it = -1, None
     if start < steps:
-        phase_no = data_lib.phase_index(phases, start)
+        phase_no = datasets.phase_index(phases, start)
         it = data_lib.phase_iterator(stage, phases[phase_no], phase_no, settings)
     if latest is not None:
         state = ckpt.restore(latest, checkpointing.abstract(shapes, state_sh), it)
@@ -310,7 +311,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
     window = _new_window()
     try:
         for step in range(start, steps):
-            want = data_lib.phase_index(phases, step)
+            want = datasets.phase_index(phases, step)
             if want != phase_no:
                 phase_no = want
                 it = data_lib.phase_iterator(stage, phases[phase_no], phase_no, settings)
@@ -358,9 +359,9 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                 window = _new_window()
             stop = ctx.stop.requested
             if done % config.train.checkpoint_every == 0 or done == steps or stop:
-                if done < steps and data_lib.phase_index(phases, done) != phase_no:
+                if done < steps and datasets.phase_index(phases, done) != phase_no:
                     # The checkpoint resumes at `done`: save the iterator that feeds it.
-                    phase_no = data_lib.phase_index(phases, done)
+                    phase_no = datasets.phase_index(phases, done)
                     it = data_lib.phase_iterator(stage, phases[phase_no], phase_no, settings)
                 ckpt.save(done, state, it, meta)
                 last_saved = done

@@ -22,8 +22,8 @@ from prosg_jax import prosg
 from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core, init_state
+from prosg_jax.tasks.datasets import to_batch
 from prosg_jax.train import mesh as mesh_lib
-from prosg_jax.train.data import to_batch
 
 
 @flax.struct.dataclass

@@ -25,14 +25,14 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from prosg_jax import tasks
+from prosg_jax import experiment, tasks
 from prosg_jax.checkpoint import load_rwkv
+from prosg_jax.config import RWKVConfig
 from prosg_jax.data.tokenizers import get_tokenizer
 from prosg_jax.errors import UserError
 from prosg_jax.models import init_params
 from prosg_jax.run import BASE_FILE, check_workdir, read_run_info
-from prosg_jax.train import data as data_lib
-from prosg_jax.train import experiment
+from prosg_jax.tasks import datasets
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.loop import Context, Params, Preempted, StopFlag, host_params, run_stage
 
@@ -76,9 +76,7 @@ def _check_workdir_model(workdir: Path, exp: experiment.Experiment) -> None:
     info = read_run_info(workdir)
     if info is None:
         return
-    from prosg_jax.config import RWKVConfig
-
-    experiment.check_same_shape(exp.model, RWKVConfig(**info["model"]), str(workdir))
+    experiment.check_same_shape(exp.model, RWKVConfig.from_dict(info["model"]), str(workdir))
 
 
 def initial_base(config, workdir: Path, exp: experiment.Experiment, first_stage: str) -> dict:
@@ -120,11 +118,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
     _check_workdir_model(workdir, exp)
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     tokenizer = get_tokenizer(config.tokenizer)  # fits the vocabulary: check_config
-    directory = data_lib.data_dir(config, workdir)
+    directory = datasets.data_dir(config, workdir)
     for phases in exp.curricula.values():  # build every dataset before the first step
         for phase in phases:
             for name, _ in phase.mixture:
-                data_lib.prepare(tasks.parse_dataset(name), directory)
+                datasets.prepare(tasks.parse_dataset(name), directory)
 
     stop = StopFlag()
     previous = signal.getsignal(signal.SIGTERM)

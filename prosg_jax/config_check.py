@@ -29,8 +29,8 @@ from prosg_jax.config import (
     POOLINGS,
     WKV_IMPLS,
     ProSGConfig,
+    RWKVConfig,
     is_int,
-    model_config_from_dict,
 )
 from prosg_jax.data.tokenizers import TOKENIZER_NAMES, tokenizer_vocab_size
 from prosg_jax.errors import UserError
@@ -220,7 +220,7 @@ def field_error(path: str, value, problem: str) -> UserError:
 def _cross_field(config: ml_collections.ConfigDict) -> None:
     """The rules that tie fields together."""
     try:
-        model = model_config_from_dict(config.model.to_dict())
+        model = RWKVConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(f"config.model: {e}") from e
     matrices = tuple(m.strip() for m in config.prosg.matrices.split(",") if m.strip())

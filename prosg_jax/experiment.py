@@ -1,7 +1,10 @@
-"""An experiment ``ConfigDict`` turned, once, into frozen typed objects.
+"""The one experiment builder: a ``ConfigDict`` turned, once, into frozen typed
+objects, used by ``train.py`` and ``eval.py``.
 
 Every error names the config field to fix and is a :class:`UserError`, so the
-scripts report it as one line.
+scripts report it as one line. :func:`build` checks the whole config
+(:mod:`prosg_jax.config_check`); the smaller builders here serve the scripts
+that read one section.
 """
 
 from __future__ import annotations
@@ -9,16 +12,15 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
-from typing import Any
 
 import ml_collections
 
 from prosg_jax import tasks
-from prosg_jax.config import ProSGConfig, RWKVConfig, model_config_from_dict
+from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.config_check import check_config
 from prosg_jax.errors import UserError
 from prosg_jax.models import model_family
-from prosg_jax.train import data as data_lib
-from prosg_jax.train.config_check import check_config
+from prosg_jax.tasks import datasets
 
 
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
@@ -49,11 +51,8 @@ def int_list(text: str, field: str) -> tuple[int, ...]:
 
 def model_config(config: ml_collections.ConfigDict) -> RWKVConfig:
     """The frozen model config from ``config.model``."""
-    d = {k: v for k, v in config.model.to_dict().items() if v is not None}
-    if not d.get("d_ffn"):
-        d.pop("d_ffn", None)
     try:
-        return model_config_from_dict(d)
+        return RWKVConfig.from_dict(config.model.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(f"config.model: {e}") from e
 
@@ -82,13 +81,8 @@ def check_same_shape(want: RWKVConfig, have: RWKVConfig, where: str) -> None:
 
 def prosg_config(config: ml_collections.ConfigDict, *, train_base: bool = False) -> ProSGConfig:
     """The frozen ProSG config from ``config.prosg`` (``train_base`` for the joint stage)."""
-    d: dict[str, Any] = dict(config.prosg.to_dict())
-    d["matrices"] = split_list(d.get("matrices", ""))
-    layers = d.get("layers", "")
-    d["layers"] = int_list(layers, "prosg.layers") if str(layers).strip() else None
-    d["train_base"] = train_base
     try:
-        return ProSGConfig(**d)
+        return ProSGConfig.from_dict({**config.prosg.to_dict(), "train_base": train_base})
     except (TypeError, ValueError) as e:
         raise UserError(f"config.prosg: {e}") from e
 
@@ -98,10 +92,10 @@ def stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return split_list(config.train.stages)
 
 
-def curriculum(config: ml_collections.ConfigDict, stage: str) -> tuple[data_lib.Phase, ...]:
+def curriculum(config: ml_collections.ConfigDict, stage: str) -> tuple[datasets.Phase, ...]:
     """The stage's curriculum (its own ``mixture`` or ``data.train_mixture``)."""
     text = config.train[stage].mixture or config.data.train_mixture
-    return data_lib.parse_curriculum(text)
+    return datasets.parse_curriculum(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +103,9 @@ class Experiment:
     """Everything derived from a config, without touching data or devices."""
 
     model: RWKVConfig
-    prosg: ProSGConfig
+    prosg: ProSGConfig  # as configured; the joint stage trains the base too
     stages: tuple[str, ...]
-    curricula: dict[str, tuple[data_lib.Phase, ...]]
+    curricula: dict[str, tuple[datasets.Phase, ...]]
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -120,8 +114,6 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     Raises:
       UserError: naming the offending field.
     """
-    from prosg_jax.train import optim  # the optimizer is validated here too
-
     check_config(config)
     names = stages(config)
     model = model_config(config)
@@ -132,6 +124,5 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         curricula[stage] = curriculum(config, stage)
         for phase in curricula[stage]:
             for name, _ in phase.mixture:
-                data_lib.check_vocab(tasks.parse_dataset(name), model.vocab_size)
-        optim.make_optimizer(config.train, config.train[stage])
+                datasets.check_vocab(tasks.parse_dataset(name), model.vocab_size)
     return Experiment(model=model, prosg=prosg_cfg, stages=names, curricula=curricula)
