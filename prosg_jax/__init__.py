@@ -23,16 +23,11 @@ pipeline in :mod:`prosg_jax.data`.
 from prosg_jax.checkpoint import CheckpointError, load_rwkv, save_rwkv
 from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.data.tokenizers import get_tokenizer
+from prosg_jax.decode import SamplingState
 from prosg_jax.lowrank import LowRankDelta
 from prosg_jax.models import forward, init_params, init_state, step, target_names
 from prosg_jax.run import Run, complete, complete_ids, load_run
-from prosg_jax.sampling import (
-    Generation,
-    SamplingState,
-    decode_chunk,
-    generate,
-    prefill,
-)
+from prosg_jax.sampling import Generation, decode_chunk, generate, prefill
 
 __all__ = [
     "CheckpointError",

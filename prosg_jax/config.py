@@ -319,6 +319,24 @@ class ProSGConfig:
         return tuple(f"blocks.{i}.{m}" for i in layers for m in self.matrices)
 
 
+def method_config(prosg_cfg: ProSGConfig | None, method: str | None) -> ProSGConfig:
+    """The config that runs ``method`` at inference: ``prosg_cfg`` with its method
+    overridden (``None``: keep it) and the training-only fields off.
+
+    Without a ``prosg_cfg`` the method's defaults apply; with neither, the plain
+    model (``"none"``).
+    """
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be None or one of {METHODS}, got {method!r}")
+    if prosg_cfg is None:
+        prosg_cfg = ProSGConfig(method="none" if method is None else method)
+    return prosg_cfg.replace(
+        method=prosg_cfg.method if method is None else method,
+        sg_match_weight=0.0,
+        train_base=False,
+    )
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 

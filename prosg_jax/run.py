@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosg_jax.checkpoint import load_rwkv
-from prosg_jax.config import ProSGConfig, RWKVConfig
+from prosg_jax.config import ProSGConfig, RWKVConfig, method_config
 from prosg_jax.data.tokenizers import Tokenizer, get_tokenizer
 from prosg_jax.errors import UserError
 from prosg_jax.models.lm import all_finite, check_model_config, check_params
 from prosg_jax.prosg.sg import check_sg_params
 from prosg_jax.prosg.states import is_ragged
-from prosg_jax.sampling import generate, method_config
+from prosg_jax.sampling import generate
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -13,6 +13,7 @@ from train_fixtures import tiny_config
 
 import prosg_jax as pj
 from prosg_jax import tasks
+from prosg_jax.config import method_config
 from prosg_jax.config_check import EVAL_SPLITS
 from prosg_jax.data import mqar
 from prosg_jax.errors import UserError
@@ -131,7 +132,7 @@ def test_block_reading_equals_one_pass(trained_run):
         tokenizer=run.tokenizer,
     )
     for method in ("none", "prosg"):  # the two readers: without deltas and with them
-        cfg = scoring.method_config(run.prosg_cfg, method)
+        cfg = method_config(run.prosg_cfg, method)
         sg = run.sg_params if method == "prosg" else None
         arrays = datasets.make_prosg_batch(
             es.examples,

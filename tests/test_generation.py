@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_model
 
 import prosg_jax as pj
-from prosg_jax import prosg, sampling
+from prosg_jax import decode, prosg, sampling
 from prosg_jax.config import METHODS, ProSGConfig
 
 ROWS = [[5, 6, 7, 8, 9], list(range(10, 22)), [40, 41, 42]]
@@ -257,16 +257,14 @@ def test_sampling_options(model):
 
 def test_top_k_keeps_exactly_k_candidates_on_ties():
     logits = jnp.asarray([[5.0, 5.0, 5.0, 1.0]] * 2000)
-    picks = sampling._pick(
-        logits, jax.random.key(0), 1.0, 1.0, greedy=False, top_k=2, nucleus=False
-    )
+    picks = decode.pick(logits, jax.random.key(0), 1.0, 1.0, greedy=False, top_k=2, nucleus=False)
     assert set(np.asarray(picks).tolist()) <= {0, 1, 2} and len(set(np.asarray(picks))) == 2
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
     picks = np.asarray(
-        sampling._pick(logits, jax.random.key(1), 1.0, 0.7, greedy=False, top_k=0, nucleus=True)
+        decode.pick(logits, jax.random.key(1), 1.0, 0.7, greedy=False, top_k=0, nucleus=True)
     )
     # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: tokens 0 and 1, renormalised to 5/8 and 3/8.
     assert set(picks.tolist()) == {0, 1}

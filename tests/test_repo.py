@@ -53,7 +53,7 @@ LAYERS = (
     ("errors", "clock", "provenance", "lowrank"),
     ("config",),
     ("data", "models"),
-    ("checkpoint", "prosg"),
+    ("checkpoint", "decode", "prosg"),
     ("sampling",),
     ("run",),
     ("tasks",),

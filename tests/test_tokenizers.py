@@ -1,4 +1,4 @@
-"""Tests for prosg_jax.data.tokenizers."""
+"""Tests for prosg_jax.data.tokenizers and prosg_jax.data.world_tokenizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prosg_jax.data import tokenizers as tk
+from prosg_jax.data import world_tokenizer as wt
 from prosg_jax.data.tokenizers import (
     ByteTokenizer,
     Tokenizer,
@@ -18,7 +18,7 @@ from prosg_jax.data.tokenizers import (
     get_tokenizer,
 )
 
-VOCAB = Path(tk.__file__).resolve().parent / "rwkv_vocab_v20230424.txt"
+VOCAB = Path(wt.__file__).resolve().parent / "rwkv_vocab_v20230424.txt"
 
 # Texts shared by the round-trip tests of both tokenizers.
 VARIED_TEXTS = [
@@ -134,7 +134,7 @@ def reference():
 
 def _tokens_crossing_pieces(world: WorldTokenizer, text: str, ids: np.ndarray) -> int:
     """How many tokens contain an interior boundary of the encoder's memo pieces."""
-    pieces = tk._PIECE_RE.findall(text.encode("utf-8"))
+    pieces = wt._PIECE_RE.findall(text.encode("utf-8"))
     boundaries = set(np.cumsum([len(p) for p in pieces]).tolist())
     table = world._tables.id_to_bytes
     ends = np.cumsum([len(table[i]) for i in ids.tolist()]).tolist()
@@ -235,7 +235,7 @@ def test_world_matches_reference_on_raw_bytes(world, reference):
 
 @pytest.mark.reference
 def test_world_tiny_memo_is_bounded_and_exact(world, reference, monkeypatch):
-    monkeypatch.setattr(tk, "_MEMO_MAX_ENTRIES", 8)
+    monkeypatch.setattr(wt, "_MEMO_MAX_ENTRIES", 8)
     fresh = WorldTokenizer(fast=False)
     text = "".join(_varied_strings(seed=3, count=60, world=world))
     assert fresh.encode(text).tolist() == reference.encode(text)

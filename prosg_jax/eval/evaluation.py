@@ -62,7 +62,7 @@ import numpy as np
 from prosg_jax import experiment, provenance, tasks
 from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.clock import PhaseClock
-from prosg_jax.config import METHODS
+from prosg_jax.config import METHODS, method_config
 from prosg_jax.config_check import check_config
 from prosg_jax.errors import UserError
 from prosg_jax.eval.report import INIT_MODEL, plot, results_table, retention_kind
@@ -70,7 +70,6 @@ from prosg_jax.eval.scoring import (
     eval_name,
     exact_match,
     load_eval_set,
-    method_config,
     per_seed,
     std,
     teacher_forced,

@@ -19,7 +19,7 @@ import numpy as np
 
 from prosg_jax import prosg, tasks
 from prosg_jax.clock import PhaseClock
-from prosg_jax.config import METHODS, ProSGConfig
+from prosg_jax.config import method_config
 from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core
 from prosg_jax.prosg.ablations import derive
@@ -65,18 +65,6 @@ def complete_batch(
         stop_tokens=(),
     )
     return np.asarray(out, np.int32)
-
-
-def method_config(prosg_cfg: ProSGConfig, method: str | None) -> ProSGConfig:
-    """The run's ProSG config evaluated as ``method`` (no training-only losses)."""
-    if method is not None and method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose from {METHODS}")
-    return dataclasses.replace(
-        prosg_cfg,
-        method=prosg_cfg.method if method is None else method,
-        sg_match_weight=0.0,
-        train_base=False,
-    )
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
