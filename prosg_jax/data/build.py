@@ -26,6 +26,8 @@ import tensorflow_datasets as tfds
 
 from prosg_jax.data import mqar, prompt_retention
 
+# The generating module of each dataset: its builder class and get_config().
+_MODULES = {"prompt_retention": prompt_retention, "mqar": mqar}
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "prompt_retention": prompt_retention.PromptRetention,
     "mqar": mqar.Mqar,
@@ -55,8 +57,7 @@ def make_builder(
     if config is not None and config_name:
         raise ValueError(f"Pass either a config name in {name!r} or a config object, not both.")
     if config is None and config_name:
-        module = prompt_retention if dataset == "prompt_retention" else mqar
-        config = module.get_config(config_name)  # Raises a clear error if unknown.
+        config = _MODULES[dataset].get_config(config_name)  # Raises a clear error if unknown.
     kwargs = {"config": config} if config is not None else {}
     return BUILDERS[dataset](data_dir=None if data_dir is None else os.fspath(data_dir), **kwargs)
 
@@ -67,16 +68,9 @@ def build_dataset(
     data_dir: str | os.PathLike | None = None,
     config: tfds.core.BuilderConfig | None = None,
 ) -> tfds.core.GeneratorBasedBuilder:
-    """Generates a dataset (all splits) unless it is already on disk.
-
-    Args:
-      name: See `make_builder`.
-      data_dir: See `make_builder`.
-      config: See `make_builder`.
-
-    Returns:
-      The prepared builder; `builder.as_data_source()` reads it.
-    """
+    """Generates a dataset (all splits) unless it is already on disk; the
+    arguments are :func:`make_builder`'s. Returns the prepared builder
+    (``builder.as_data_source()`` reads it)."""
     builder = make_builder(name, data_dir=data_dir, config=config)
     try:
         builder.download_and_prepare(file_format="array_record")

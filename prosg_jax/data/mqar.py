@@ -76,7 +76,7 @@ DEFAULT_CONFIG_NAME = "l256_kv16"
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
-class MqarConfig(tfds.core.BuilderConfig):
+class MqarConfig(text_gen.GeneratedSplits, tfds.core.BuilderConfig):
     """Builder config of `mqar` (defaults follow the Zoology paper).
 
     Attributes:
@@ -155,9 +155,7 @@ class MqarConfig(tfds.core.BuilderConfig):
                 f"distance must be a multiple >= 0 of the pair length key_tokens + value_gap "
                 f"+ 1 = {span} (even for Zoology's pairs), got {self.distance}."
             )
-        for split, n in self.split_sizes().items():
-            if n < 0:
-                raise ValueError(f"num_{split} must be >= 0, got {n}.")
+        self.check_split_sizes()
 
     @property
     def pair_len(self) -> int:
@@ -173,14 +171,6 @@ class MqarConfig(tfds.core.BuilderConfig):
     def first_value_id(self) -> int:
         """Smallest value id; keys are [1, first_value_id)."""
         return self.vocab_size // 2
-
-    def split_sizes(self) -> dict[str, int]:
-        """Returns {split: number of examples}."""
-        return {
-            "train": self.num_train,
-            "validation": self.num_validation,
-            "test": self.num_test,
-        }
 
 
 def config_name(seq_len: int, num_kv_pairs: int) -> str:
@@ -204,16 +194,8 @@ BUILDER_CONFIGS = tuple(
 
 
 def get_config(name: str) -> MqarConfig:
-    """Returns the predefined config `name` (e.g. "l256_kv16").
-
-    Raises:
-      ValueError: If there is no such config.
-    """
-    for config in BUILDER_CONFIGS:
-        if config.name == name:
-            return config
-    known = ", ".join(c.name for c in BUILDER_CONFIGS)
-    raise ValueError(f"Unknown mqar config {name!r}; known: {known}.")
+    """Returns the predefined config `name` (e.g. "l256_kv16"); ValueError if unknown."""
+    return text_gen.predefined_config(BUILDER_CONFIGS, "mqar", name)
 
 
 def make_example(config: MqarConfig, split: str, index: int) -> dict[str, Any]:
@@ -319,33 +301,22 @@ class Mqar(text_gen.LocallyGenerated, tfds.core.GeneratorBasedBuilder):
     """Multi-query associative recall, as in the Zoology benchmark."""
 
     VERSION = tfds.core.Version(_VERSION)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = list(BUILDER_CONFIGS)
     DEFAULT_CONFIG_NAME = DEFAULT_CONFIG_NAME
 
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        # array_record is what `tfds.data_source` reads without TensorFlow.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
+    @staticmethod
+    def features() -> dict[str, Any]:
         ids = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "tokens": ids,
-                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                    "keys": ids,
-                    "values": ids,
-                    "query_positions": ids,
-                    "split": tfds.features.Text(),
-                    "index": np.int64,
-                    "seed": np.int64,
-                }
-            ),
-            disable_shuffling=True,
-        )
+        return {
+            "tokens": ids,
+            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "keys": ids,
+            "values": ids,
+            "query_positions": ids,
+            "split": tfds.features.Text(),
+            "index": np.int64,
+            "seed": np.int64,
+        }
 
     @staticmethod
     def make_example(config, split: str, index: int) -> dict[str, Any]:

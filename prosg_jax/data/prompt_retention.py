@@ -85,7 +85,7 @@ KIND_CLOSING = "closing_word"
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
-class PromptRetentionConfig(tfds.core.BuilderConfig):
+class PromptRetentionConfig(text_gen.GeneratedSplits, tfds.core.BuilderConfig):
     """Builder config of `prompt_retention`.
 
     Attributes:
@@ -127,22 +127,12 @@ class PromptRetentionConfig(tfds.core.BuilderConfig):
             raise ValueError(
                 f"distractor_facts must be a percentage in [0, 100], got {self.distractor_facts}."
             )
-        for split, n in self.split_sizes().items():
-            if n < 0:
-                raise ValueError(f"num_{split} must be >= 0, got {n}.")
+        self.check_split_sizes()
 
     @property
     def queries_per_example(self) -> int:
         """Number of queried facts per example."""
         return self.num_facts if self.num_queries is None else self.num_queries
-
-    def split_sizes(self) -> dict[str, int]:
-        """Returns {split: number of examples}."""
-        return {
-            "train": self.num_train,
-            "validation": self.num_validation,
-            "test": self.num_test,
-        }
 
 
 def config_name(distance: int, num_facts: int) -> str:
@@ -163,16 +153,8 @@ BUILDER_CONFIGS = tuple(
 
 
 def get_config(name: str) -> PromptRetentionConfig:
-    """Returns the predefined config `name` (e.g. "d256_f8").
-
-    Raises:
-      ValueError: If there is no such config.
-    """
-    for config in BUILDER_CONFIGS:
-        if config.name == name:
-            return config
-    known = ", ".join(c.name for c in BUILDER_CONFIGS)
-    raise ValueError(f"Unknown prompt_retention config {name!r}; known: {known}.")
+    """Returns the predefined config `name` (e.g. "d256_f8"); ValueError if unknown."""
+    return text_gen.predefined_config(BUILDER_CONFIGS, _NAME, name)
 
 
 def _example_seed(config: PromptRetentionConfig, split: str, index: int) -> int:
@@ -340,53 +322,39 @@ class PromptRetention(text_gen.LocallyGenerated, tfds.core.GeneratorBasedBuilder
     """Facts and instructions, D tokens of distraction, then questions on them."""
 
     VERSION = tfds.core.Version(_VERSION)
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = list(BUILDER_CONFIGS)
     DEFAULT_CONFIG_NAME = DEFAULT_CONFIG_NAME
 
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        # array_record is the format `tfds.data_source` (and so grain) reads
-        # without TensorFlow; make it the default rather than tfrecord.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
+    @staticmethod
+    def features() -> dict[str, Any]:
         text = tfds.features.Text()
         # Per-answer / per-fact fields are flat 1-D tensors rather than
         # `tfds.features.Sequence`s: they serialise about twice as fast and
         # decode to numpy arrays.
         strings = tfds.features.Tensor(shape=(None,), dtype=np.str_)
         ints = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "prompt": text,
-                    "distractor": text,
-                    "queries": text,
-                    "tokens": ints,
-                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                    "answers": {
-                        "text": strings,
-                        "value": strings,
-                        "kind": strings,
-                        "start": ints,
-                        "end": ints,
-                    },
-                    "facts": {"name": strings, "attribute": strings, "value": strings},
-                    "answer_format": text,
-                    "closing_word": text,
-                    "distance": np.int32,
-                    "num_facts": np.int32,
-                    "split": text,
-                    "index": np.int64,
-                    "seed": np.int64,
-                }
-            ),
-            # Keep the stored order == index order, so record i is
-            # `make_example(config, split, i)`; readers shuffle anyway.
-            disable_shuffling=True,
-        )
+        return {
+            "prompt": text,
+            "distractor": text,
+            "queries": text,
+            "tokens": ints,
+            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "answers": {
+                "text": strings,
+                "value": strings,
+                "kind": strings,
+                "start": ints,
+                "end": ints,
+            },
+            "facts": {"name": strings, "attribute": strings, "value": strings},
+            "answer_format": text,
+            "closing_word": text,
+            "distance": np.int32,
+            "num_facts": np.int32,
+            "split": text,
+            "index": np.int64,
+            "seed": np.int64,
+        }
 
     @staticmethod
     def make_example(config, split: str, index: int) -> dict[str, Any]:

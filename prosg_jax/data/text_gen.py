@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from prosg_jax.data import wordlists
 
@@ -257,9 +258,42 @@ def generating_line(name: str, split_sizes: dict[str, int], directory: str) -> s
     return f"Generating {name} ({sizes or 'no'} examples) into {directory}"
 
 
+def predefined_config(configs: Sequence, dataset: str, name: str):
+    """The config called ``name`` among a dataset's predefined ``configs``.
+
+    Raises:
+      ValueError: naming the known configs, if there is no such config.
+    """
+    for config in configs:
+        if config.name == name:
+            return config
+    known = ", ".join(c.name for c in configs)
+    raise ValueError(f"Unknown {dataset} config {name!r}; known: {known}.")
+
+
+class GeneratedSplits:
+    """Mixin of a builder config with ``num_train``, ``num_validation`` and
+    ``num_test`` fields: the split sizes, and their check."""
+
+    def split_sizes(self) -> dict[str, int]:
+        """Returns {split: number of examples}."""
+        return {
+            "train": self.num_train,
+            "validation": self.num_validation,
+            "test": self.num_test,
+        }
+
+    def check_split_sizes(self) -> None:
+        """Raises ValueError for a negative split size."""
+        for split, n in self.split_sizes().items():
+            if n < 0:
+                raise ValueError(f"num_{split} must be >= 0, got {n}.")
+
+
 class LocallyGenerated:
     """Split and example generation for a TFDS builder whose record ``i`` of a
-    split is ``make_example(builder_config, split, i)``; mix in before
+    split is ``make_example(builder_config, split, i)`` and whose records have
+    the ``features()`` it declares; mix in before
     ``tfds.core.GeneratorBasedBuilder``. Nothing is downloaded.
 
     TFDS announces a build with "Downloading and preparing dataset Unknown
@@ -268,6 +302,23 @@ class LocallyGenerated:
     the two hooks overridden here): nothing is downloaded and no size is
     known in advance, so one line of ours on stderr replaces both.
     """
+
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # array_record is the format `tfds.data_source` (and so grain) reads
+        # without TensorFlow; make it the default rather than tfrecord.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=sys.modules[type(self).__module__].__doc__,
+            features=tfds.features.FeaturesDict(self.features()),
+            # Keep the stored order == index order, so record i is
+            # `make_example(config, split, i)`; readers shuffle anyway.
+            disable_shuffling=True,
+        )
 
     def _log_download_bytes(self) -> None:
         print(

@@ -25,7 +25,7 @@ def _share_text(share: int) -> str:
 
 def _set_text(cfg: dict, share: int) -> str:
     """``f4``, ``f4, 1 question``, ``f4, 50% distractor facts``: what a table scores."""
-    questions = cfg.get("num_queries", 0)  # absent from older results: every fact asked
+    questions = cfg.get("num_queries", 0)  # 0 or absent: every fact asked
     asked = f", {questions} question{'s' if questions > 1 else ''}" if questions else ""
     return f"f{cfg['num_facts']}{asked}{_share_text(share)}"
 

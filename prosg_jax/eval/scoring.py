@@ -93,8 +93,7 @@ def _score_block(
     logits, state, _ = forward_core(
         model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
     )
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    nll = prosg.token_nll(logits, targets)
     # targets[:, -1] is read first in the next block, one position after this block's last
     following = prosg.PromptTail(state=state, token=targets[:, -1], position=positions[:, -1] + 1)
     return following, (nll * mask).sum(-1), jnp.argmax(logits, -1).astype(jnp.int32)

@@ -224,9 +224,9 @@ def check_deltas(cfg: RWKVConfig, deltas, batch: int) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _layer_state_spec(cfg: RWKVConfig, batch: int):
-    """``(type name, field names, shapes)`` of one layer's state; traced once per key."""
+    """``(type, field names, shapes)`` of one layer's state; traced once per key."""
     ref = jax.eval_shape(lambda: model_family(cfg).init_layer_state(cfg, batch))
-    return type(ref).__name__, ref._fields, tuple(tuple(x.shape) for x in ref)
+    return type(ref), ref._fields, tuple(tuple(x.shape) for x in ref)
 
 
 def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
@@ -235,7 +235,7 @@ def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
         raise ValueError(f"state has {n} layers, the model has {cfg.n_layer}")
     kind, fields, shapes = _layer_state_spec(cfg, batch)
     for i, layer in enumerate(state):
-        if type(layer).__name__ != kind or len(layer) != len(fields):
+        if type(layer) is not kind or len(layer) != len(fields):
             raise ValueError(f"state[{i}] is not an {model_family(cfg).name} LayerState")
         for field, got, exp in zip(fields, layer, shapes, strict=True):
             if tuple(np.shape(got)) != exp:

@@ -25,6 +25,7 @@ from prosg_jax.prosg.grads import (
     factored_grads,
     masked_cross_entropy,
     per_example_ce,
+    token_nll,
 )
 from prosg_jax.prosg.losses import (
     Batch,
@@ -63,6 +64,7 @@ __all__ = [
     "left_align",
     "masked_cross_entropy",
     "per_example_ce",
+    "token_nll",
     "predict_errors",
     "prompt_states",
     "prompt_tail",

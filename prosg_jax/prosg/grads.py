@@ -40,24 +40,26 @@ class Factored(NamedTuple):
     inputs: Float[Array, "B T I"]
 
 
+def token_nll(logits: Float[Array, "B T V"], targets: Int[Array, "B T"]) -> Float[Array, "B T"]:
+    """Each token's negative log-likelihood of its target, in float32."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
 def per_example_ce(
     logits: Float[Array, "B T V"], targets: Int[Array, "B T"], mask: Bool[Array, "B T"]
 ) -> Float[Array, " B"]:
     """Each row's mean next-token cross-entropy over its ``mask`` (0 for an empty row)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     mask = mask.astype(jnp.float32)
-    return (nll * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+    return (token_nll(logits, targets) * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
 def masked_cross_entropy(
     logits: Float[Array, "B T V"], targets: Int[Array, "B T"], mask: Bool[Array, "B T"]
 ) -> Float[Array, ""]:
     """Mean next-token cross-entropy over every ``mask``-ed token (0 when none is)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     mask = mask.astype(jnp.float32)
-    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return (token_nll(logits, targets) * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def factored_grads(

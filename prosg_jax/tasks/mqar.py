@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from prosg_jax.data import mqar as builder
-from prosg_jax.tasks.registry import Task, register, split_tokenized
+from prosg_jax.tasks.registry import SPLIT_EXTRAS, Task, register, split_tokenized
 
 
 def encode(record: dict, tokenizer) -> dict:
@@ -34,18 +34,13 @@ TASK = register(
     Task(
         name="mqar",
         builder=builder.Mqar,
-        config_class=builder.MqarConfig,
-        base=re.compile(r"^l(\d+)_kv(\d+)"),
-        base_fields=("seq_len", "num_kv_pairs"),
+        base=re.compile(r"^l(?P<seq_len>\d+)_kv(?P<num_kv_pairs>\d+)"),
         extras={
             "voc": "vocab_size",
             "d": "distance",
             "k": "key_tokens",
             "g": "value_gap",
-            "n": "num_train",
-            "val": "num_validation",
-            "t": "num_test",
-            "s": "seed",
+            **SPLIT_EXTRAS,
         },
         grammar="l<seq_len>_kv<pairs>[_voc<vocab>][_d<distance>][_k<key tokens>][_g<gap>]"
         "[_n<train>][_val<n>][_t<test>][_s<seed>]",

@@ -16,7 +16,7 @@ import numpy as np
 
 from prosg_jax.data import prompt_retention as builder
 from prosg_jax.data.tokenizers import ByteTokenizer
-from prosg_jax.tasks.registry import Task, register, split_tokenized
+from prosg_jax.tasks.registry import SPLIT_EXTRAS, Task, register, split_tokenized
 
 
 def _text(x) -> str:
@@ -71,17 +71,8 @@ TASK = register(
     Task(
         name="prompt_retention",
         builder=builder.PromptRetention,
-        config_class=builder.PromptRetentionConfig,
-        base=re.compile(r"^d(\d+)_f(\d+)"),
-        base_fields=("distance", "num_facts"),
-        extras={
-            "n": "num_train",
-            "val": "num_validation",
-            "t": "num_test",
-            "q": "num_queries",
-            "s": "seed",
-            "b": "distractor_facts",
-        },
+        base=re.compile(r"^d(?P<distance>\d+)_f(?P<num_facts>\d+)"),
+        extras={"q": "num_queries", "b": "distractor_facts", **SPLIT_EXTRAS},
         grammar="d<distance>_f<facts>[_n<train>][_val<n>][_t<test>][_q<queries>][_s<seed>]"
         "[_b<percent>]",
         encode=encode,

@@ -29,6 +29,8 @@ from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.errors import UserError
 
 _EXTRA = re.compile(r"_([a-z]+)(\d+)")
+# The name parts every generated dataset takes: its split sizes and seed.
+SPLIT_EXTRAS = {"n": "num_train", "val": "num_validation", "t": "num_test", "s": "seed"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,12 +39,11 @@ class Task:
 
     Attributes:
       name: the dataset name's first part (``"mqar"``).
-      builder: its TFDS builder class (``data/``).
-      config_class: the builder's config class; a parsed name becomes
+      builder: its TFDS builder class (``data/``); a parsed name becomes a
+        config of the class of its predefined ones,
         ``config_class(name=..., **fields)``.
-      base: the regex of a config name's required start, whose two integer
-        groups fill ``base_fields``.
-      base_fields: the config fields of ``base``'s groups.
+      base: the regex of a config name's required start; each named group
+        matches an integer and fills the config field of its name.
       extras: ``_<key><int>`` suffix key → config field.
       grammar: the config-name grammar, for messages.
       encode: ``(record, tokenizer) -> dict`` of numpy arrays: ``prompt``,
@@ -61,9 +62,7 @@ class Task:
 
     name: str
     builder: type[tfds.core.GeneratorBasedBuilder]
-    config_class: type[tfds.core.BuilderConfig]
     base: re.Pattern
-    base_fields: tuple[str, str]
     extras: Mapping[str, str]
     grammar: str
     encode: Callable[[dict[str, Any], Tokenizer], dict]
@@ -71,6 +70,11 @@ class Task:
     spare_answer_tokens: int = 0
     base_needs_byte_tokens: bool = False
     non_fact_answers: bool = False
+
+    @property
+    def config_class(self) -> type[tfds.core.BuilderConfig]:
+        """The builder's config class."""
+        return type(self.predefined[0])
 
     @property
     def predefined(self) -> tuple[tfds.core.BuilderConfig, ...]:
@@ -141,7 +145,7 @@ def parse_dataset(name: str) -> DatasetSpec:
     rest = config_name[m.end() :] if m else ""
     if not m or _EXTRA.sub("", rest):
         raise UserError(f"cannot parse dataset {name!r}: expected {task_name}/{task.grammar}")
-    fields = dict(zip(task.base_fields, (int(m.group(1)), int(m.group(2))), strict=True))
+    fields = {field: int(value) for field, value in m.groupdict().items()}
     for key, value in _EXTRA.findall(rest):
         if key not in task.extras:
             raise UserError(

@@ -43,8 +43,7 @@ def compute_params(model_cfg: RWKVConfig, params):
 
 
 def _weighted_ce(logits, targets, weights, answer_mask):
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    nll = prosg.token_nll(logits, targets)
     loss = (nll * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
     return loss, prosg.answer_counts(logits, targets, answer_mask)
 
