@@ -22,7 +22,7 @@ import numpy as np
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, families
 from prosg_jax.models.layers import RWKV5_6_KEYS
-from prosg_jax.models.lm import all_finite, check_params, model_family
+from prosg_jax.models.lm import all_finite, check_params, check_state, model_family
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -252,5 +252,30 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
         torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp)
     else:
         raise _unsupported_format(path)
+    tmp.replace(path)
+    return path
+
+
+def save_state(path: str | Path, cfg: RWKVConfig, state) -> Path:
+    """Writes one example's recurrent state for other RWKV runtimes, atomically.
+
+    The file is safetensors with tensors ``state.0``, ``state.1``, … in the
+    reference ``rwkv`` package's order (per layer, the family's state fields
+    in order) and shapes (no batch axis), so with that package
+    ``[torch.from_numpy(f[f"state.{j}"]) for j in range(len(f))]`` is the
+    ``state`` argument of ``model.forward``.
+
+    Raises:
+      ValueError: ``state`` does not fit ``cfg`` or holds more than one example.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"a state is written as .safetensors, got {path.name}")
+    check_state(cfg, state, 1)
+    leaves = [np.array(x, np.float32)[0] for layer in state for x in layer]
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({f"state.{j}": x for j, x in enumerate(leaves)}, str(tmp))
     tmp.replace(path)
     return path

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -73,6 +74,41 @@ def merge(params: dict, deltas: dict[str, LowRankDelta], b: int) -> dict:
         leaf = _weight_holder(merged, name)
         leaf["weight"] = (leaf["weight"] + materialize(delta, b)).astype(leaf["weight"].dtype)
     return merged
+
+
+def add(a: LowRankDelta | None, b: LowRankDelta, *, max_rank: int) -> LowRankDelta:
+    """``a + b`` for every example, at rank at most ``max_rank`` (host numpy).
+
+    The factors are concatenated (scales folded into ``u``): exact while
+    ``rank a + rank b <= max_rank``. Past the budget the sum is re-compressed
+    to its best rank-``max_rank`` approximation with small exact linear
+    algebra in float64: QR of both stacked factors and an SVD of the
+    ``R x R`` core ``R_u R_vᵀ`` (``R = rank a + rank b``); the cost is
+    ``O((O + I) R²)`` per example and target, and no ``O x I`` matrix is formed.
+    ``a = None`` stands for no delta.
+
+    Returns:
+      A float32 delta with scale 1.
+    """
+    parts = [b] if a is None else [a, b]
+    for d in parts:
+        if np.ndim(d.scale) > 1:
+            raise ValueError("add takes deltas with a scalar or per-example scale, not per-token")
+    u = np.concatenate([_folded_u(d) for d in parts], axis=-1)
+    v = np.concatenate([np.asarray(d.v, np.float64) for d in parts], axis=-1)
+    if u.shape[-1] > max_rank:
+        qu, ru = np.linalg.qr(u)
+        qv, rv = np.linalg.qr(v)
+        left, sigma, right_t = np.linalg.svd(ru @ np.swapaxes(rv, -1, -2))
+        k = min(max_rank, sigma.shape[-1])
+        u = qu @ (left[..., :k] * sigma[..., None, :k])
+        v = qv @ np.swapaxes(right_t[..., :k, :], -1, -2)
+    return LowRankDelta(u=u.astype(np.float32), v=v.astype(np.float32), scale=np.float32(1))
+
+
+def _folded_u(d: LowRankDelta) -> np.ndarray:
+    scale = np.asarray(d.scale, np.float64)
+    return np.asarray(d.u, np.float64) * scale.reshape(scale.shape + (1,) * (3 - scale.ndim))
 
 
 def weight(params: dict, name: str) -> Array:

@@ -6,6 +6,10 @@ so each version needs a fresh interpreter.
 Usage: python reference_runner.py VERSION CKPT.pth TOKENS.npy OUT.npz
 Writes ``seq`` (parallel logits ``[B, T, V]``), ``step`` (token-by-token
 logits) and ``state_<layer>_<k>`` (state after the sequence, batch-stacked).
+
+Or: python reference_runner.py continue VERSION CKPT.pth STATE.safetensors TOKENS.npy OUT.npz
+starts from the state file (``prosg_jax.save_state``) and writes ``seq``,
+the logits ``[T, V]`` of the one row in TOKENS.npy.
 """
 
 import os
@@ -14,7 +18,7 @@ import sys
 import numpy as np
 
 
-def main(version: str, ckpt: str, tokens_path: str, out: str) -> None:
+def _model(version: str, ckpt: str):
     os.environ["RWKV_JIT_ON"] = "1"
     os.environ["RWKV_CUDA_ON"] = "0"
     if version == "7":
@@ -24,9 +28,25 @@ def main(version: str, ckpt: str, tokens_path: str, out: str) -> None:
 
     torch.set_num_threads(1)
     model_path = ckpt[: -len(".pth")] if version == "7" else ckpt
-    model = RWKV(
+    return RWKV(
         model=model_path, strategy="cpu fp32", **({} if version == "7" else {"verbose": False})
     )
+
+
+def continue_from(version: str, ckpt: str, state_path: str, tokens_path: str, out: str) -> None:
+    model = _model(version, ckpt)
+    import torch
+    from safetensors.numpy import load_file
+
+    saved = load_file(state_path)
+    state = [torch.from_numpy(saved[f"state.{j}"]) for j in range(len(saved))]
+    (row,) = np.load(tokens_path).tolist()
+    logits, _ = model.forward(row, state, full_output=True)
+    np.savez(out, seq=logits.float().numpy())
+
+
+def main(version: str, ckpt: str, tokens_path: str, out: str) -> None:
+    model = _model(version, ckpt)
     tokens = np.load(tokens_path)
     seq, step, states = [], [], []
     for row in tokens.tolist():
@@ -46,4 +66,7 @@ def main(version: str, ckpt: str, tokens_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "continue":
+        continue_from(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

@@ -56,6 +56,7 @@ LAYERS = (
     ("checkpoint", "decode", "prosg"),
     ("sampling",),
     ("run",),
+    ("session",),
     ("tasks",),
     ("config_check",),
     ("experiment",),

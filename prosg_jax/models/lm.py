@@ -229,7 +229,7 @@ def _layer_state_spec(cfg: RWKVConfig, batch: int):
     return type(ref), ref._fields, tuple(tuple(x.shape) for x in ref)
 
 
-def _check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
+def check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
     if not isinstance(state, Sequence) or len(state) != cfg.n_layer:
         n = len(state) if isinstance(state, Sequence) else type(state).__name__
         raise ValueError(f"state has {n} layers, the model has {cfg.n_layer}")
@@ -341,7 +341,7 @@ def forward(
     if state is None:
         state = init_state(cfg, batch)
     else:
-        _check_state(cfg, state, batch)
+        check_state(cfg, state, batch)
     if deltas is not None:
         check_deltas(cfg, deltas, batch)
     logits, state, _ = _forward_jit(
