@@ -264,16 +264,8 @@ def main() -> None:
                 print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
                 print(f"#   compile+first call {compile_s:.1f}s", flush=True)
                 if args.json:
-                    row = dict(
-                        version=version,
-                        batch=batch,
-                        method=method,
-                        unroll=u,
-                        tok_s=tok_s,
-                        floor=floor,
-                        label=args.label,
-                        device=kind,
-                    )
+                    row = dict(version=version, batch=batch, method=method, unroll=u)
+                    row.update(tok_s=tok_s, floor=floor, label=args.label, device=kind)
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")
                 if args.profile and backend != "cpu":

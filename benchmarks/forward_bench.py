@@ -1,6 +1,7 @@
 """Prefill throughput: prosg_jax ``forward`` vs the reference ``rwkv`` package.
 
-Both run the same random checkpoint in the official layout on the CPU, on one
+Both run the same random checkpoint (``pj.init_params``, seeded, saved in the
+official layout by ``pj.save_rwkv``) on the CPU, on one
 1,024-token prompt (the reference handles one sequence at a time), in fp32.
 The reference runs in a child process because it chooses its RWKV-7 code path
 at import time. Prints tokens/s for each and the ratio ours / reference.
@@ -22,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 
 def _best_of(fn, repeats: int) -> float:
     """Fastest wall time of ``repeats`` calls (after the caller's warm-up)."""
@@ -33,6 +32,24 @@ def _best_of(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def write_checkpoint(path: Path, version: int, *, vocab: int, d_model: int, n_layer: int) -> str:
+    """Saves a seeded random RWKV-``version`` model at ``path`` (a ``.pth``); returns the path.
+
+    FFN 4x; RWKV-7 with heads of 64 and every LoRA width 32.
+    """
+    import jax
+
+    import prosg_jax as pj
+
+    shape = dict(vocab_size=vocab, d_model=d_model, n_layer=n_layer)
+    if version == 7:
+        lora = dict.fromkeys(("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"), 32)
+        cfg = pj.RWKVConfig.rwkv7(**shape, head_size=64, **lora)
+    else:
+        cfg = pj.RWKVConfig.rwkv4(**shape)
+    return str(pj.save_rwkv(path, cfg, pj.init_params(jax.random.key(0), cfg)))
 
 
 def time_ours(path: str, tokens: np.ndarray, repeats: int) -> float:
@@ -66,11 +83,8 @@ def time_reference(version: int, path: str, tokens: np.ndarray, repeats: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", type=int, choices=(4, 7), default=7)
-    ap.add_argument("--d_model", type=int, default=512)
-    ap.add_argument("--n_layer", type=int, default=6)
-    ap.add_argument("--vocab", type=int, default=65536)
-    ap.add_argument("--tokens", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=3)
+    for name, default in dict(d_model=512, n_layer=6, vocab=65536, tokens=1024, repeats=3).items():
+        ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--reference_child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -84,18 +98,14 @@ def main() -> None:
         print(time_reference(args.version, args.reference_child, tokens, args.repeats))
         return
 
-    from official_ckpt import random_tensors, write_pth
-
     with tempfile.TemporaryDirectory() as tmp:
-        tensors = random_tensors(
+        path = write_checkpoint(
+            Path(tmp) / f"bench{args.version}.pth",
             args.version,
             vocab=args.vocab,
-            c=args.d_model,
+            d_model=args.d_model,
             n_layer=args.n_layer,
-            ffn=4 * args.d_model,
         )
-        path = str(write_pth(tensors, Path(tmp) / f"bench{args.version}.pth"))
-        del tensors
         ours = time_ours(path, tokens, args.repeats)
         child = [sys.executable, __file__, "--reference_child", path]
         child += [

@@ -1,7 +1,8 @@
 """Decode throughput of ``prosg_jax.generate`` vs the ``rwkv`` package and ``jaxrwkv``.
 
-All three run the same random RWKV-4 checkpoint in the official layout (by
-default L=6, C=512, V=50277, fp32), greedy, after the same 16-token prompt;
+All three run the same random RWKV-4 checkpoint (``pj.init_params``, seeded,
+saved in the official layout by ``pj.save_rwkv``; by default L=6, C=512,
+V=50277, fp32), greedy, after the same 16-token prompt;
 only the decode of ``--tokens`` new tokens is timed (best of ``--repeats``),
 prefill excluded. Columns:
 
@@ -52,7 +53,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 PROMPT_LEN = 16
 DEFAULT_RUN = REPO / "pretrained" / "mqar_prosg"
@@ -231,14 +231,14 @@ def main() -> None:
         return
 
     import jax
-    from official_ckpt import random_tensors, write_pth
+
+    import prosg_jax as pj
 
     with tempfile.TemporaryDirectory() as tmp:
-        tensors = random_tensors(
-            4, vocab=args.vocab, c=args.d_model, n_layer=args.n_layer, ffn=4 * args.d_model
-        )
-        path = str(write_pth(tensors, Path(tmp) / "bench4.pth"))
-        del tensors
+        cfg = pj.RWKVConfig.rwkv4(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer)
+        params = pj.init_params(jax.random.key(0), cfg)
+        path = str(pj.save_rwkv(Path(tmp) / "bench4.pth", cfg, params))
+        del params
         # One set of rounds for both libraries: a noisy neighbour slows them alike.
         cases, sizes = our_cases(path, prompt, args)
         theirs = None if args.skip_jaxrwkv else jaxrwkv_cases(path, prompt, args)

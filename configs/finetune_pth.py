@@ -16,29 +16,23 @@ def get_config():
     config = sibling_config(__file__, "tiny_cpu")
     config.init_from = "RWKV-x070-World-0.1B.pth"  # the official checkpoint (.pth/.safetensors)
     config.tokenizer = "world"  # RWKV world tokenizer (65,536 ids)
-    config.model.version = 7
-    config.model.vocab_size = 65536
-    config.model.d_model = 768
-    config.model.n_layer = 12
-    config.model.head_size = 64
-    config.model.dtype = "bfloat16"
+    # The checkpoint's shape (RWKV-7 World 0.1B): it must match the file.
+    config.model.update(
+        version=7, vocab_size=65536, d_model=768, n_layer=12, head_size=64, dtype="bfloat16"
+    )
     config.train.stages = "prosg"  # the SG module only, on the frozen base
     config.train.forget_frac = 0.5  # half of each batch from an empty state (tiny_cpu: 0.7)
-    config.prosg.rank = 16
-    config.prosg.sg_hidden = 256
-    config.prosg.key_dim = 64
+    config.prosg.update(rank=16, sg_hidden=256, key_dim=64)
     config.data.train_mixture = "prompt_retention/d256_f8:1,prompt_retention/d1024_f8:1"
     config.data.loss_on = "answers"  # the base already models text
-    config.train.prosg.steps = 3_000
-    config.train.prosg.lr = 1e-3
-    config.train.prosg.warmup_steps = 100
-    config.train.prosg.batch_size = 32
-    config.train.log_every = 50
-    config.train.checkpoint_every = 500
-    config.eval.methods = "none,repeat_prompt,true_grad,prosg"
-    config.eval.distances = "64,256,1024,4096"
-    config.eval.num_facts = 8
+    config.train.prosg.update(steps=3_000, lr=1e-3, warmup_steps=100, batch_size=32)
+    config.train.update(log_every=50, checkpoint_every=500)
+    config.eval.update(
+        methods="none,repeat_prompt,true_grad,prosg",
+        distances="64,256,1024,4096",
+        num_facts=8,
+        num_examples=100,
+        batch_size=32,
+    )
     config.eval.mqar = ""  # MQAR ids are not world-tokenizer text
-    config.eval.num_examples = 100
-    config.eval.batch_size = 32
     return config

@@ -13,17 +13,29 @@ from pathlib import Path
 import numpy as np
 
 
-def _tensors_v4(rng, vocab, c, n_layer, ffn):
-    vec = (1, 1, c)
+def _tensors(rng, vocab, c, n_layer, block):
+    """The tensors both versions share; ``block(t, prefix)`` adds one layer's own.
+
+    Drawn in file order: embedding, then per layer its LayerNorms and its own
+    tensors, then the output norm and head.
+    """
     t = {"emb.weight": rng.normal(0, 1, (vocab, c))}
     for i in range(n_layer):
         p = f"blocks.{i}."
-        if i == 0:
-            t[p + "ln0.weight"] = 1 + 0.1 * rng.normal(size=c)
-            t[p + "ln0.bias"] = 0.1 * rng.normal(size=c)
-        for ln in ("ln1", "ln2"):
+        for ln in ("ln0", "ln1", "ln2") if i == 0 else ("ln1", "ln2"):
             t[p + ln + ".weight"] = 1 + 0.1 * rng.normal(size=c)
             t[p + ln + ".bias"] = 0.1 * rng.normal(size=c)
+        block(t, p)
+    t["ln_out.weight"] = 1 + 0.1 * rng.normal(size=c)
+    t["ln_out.bias"] = 0.1 * rng.normal(size=c)
+    t["head.weight"] = rng.normal(0, 1 / np.sqrt(c), (vocab, c))
+    return t
+
+
+def _tensors_v4(rng, vocab, c, n_layer, ffn):
+    vec = (1, 1, c)
+
+    def block(t, p):
         t[p + "att.time_decay"] = rng.uniform(-3, 1.5, c)
         t[p + "att.time_first"] = rng.uniform(-1, 1, c)
         for m in "kvr":
@@ -35,24 +47,15 @@ def _tensors_v4(rng, vocab, c, n_layer, ffn):
         t[p + "ffn.key.weight"] = rng.normal(0, 1 / np.sqrt(c), (ffn, c))
         t[p + "ffn.value.weight"] = rng.normal(0, 1 / np.sqrt(ffn), (c, ffn))
         t[p + "ffn.receptance.weight"] = rng.normal(0, 1 / np.sqrt(c), (c, c))
-    t["ln_out.weight"] = 1 + 0.1 * rng.normal(size=c)
-    t["ln_out.bias"] = 0.1 * rng.normal(size=c)
-    t["head.weight"] = rng.normal(0, 1 / np.sqrt(c), (vocab, c))
-    return t
+
+    return _tensors(rng, vocab, c, n_layer, block)
 
 
 def _tensors_v7(rng, vocab, c, n_layer, ffn, head_size=64, lora=32):
     vec = (1, 1, c)
     h = c // head_size
-    t = {"emb.weight": rng.normal(0, 1, (vocab, c))}
-    for i in range(n_layer):
-        p = f"blocks.{i}."
-        if i == 0:
-            t[p + "ln0.weight"] = 1 + 0.1 * rng.normal(size=c)
-            t[p + "ln0.bias"] = 0.1 * rng.normal(size=c)
-        for ln in ("ln1", "ln2"):
-            t[p + ln + ".weight"] = 1 + 0.1 * rng.normal(size=c)
-            t[p + ln + ".bias"] = 0.1 * rng.normal(size=c)
+
+    def block(t, p):
         for m in "rwkvag":
             t[p + f"att.x_{m}"] = rng.uniform(0, 1, vec)
         # Official files carry v0/v1/v2 in layer 0 too (unused there).
@@ -72,10 +75,8 @@ def _tensors_v7(rng, vocab, c, n_layer, ffn, head_size=64, lora=32):
         t[p + "ffn.x_k"] = rng.uniform(0, 1, vec)
         t[p + "ffn.key.weight"] = rng.normal(0, 1 / np.sqrt(c), (ffn, c))
         t[p + "ffn.value.weight"] = rng.normal(0, 1 / np.sqrt(ffn), (c, ffn))
-    t["ln_out.weight"] = 1 + 0.1 * rng.normal(size=c)
-    t["ln_out.bias"] = 0.1 * rng.normal(size=c)
-    t["head.weight"] = rng.normal(0, 1 / np.sqrt(c), (vocab, c))
-    return t
+
+    return _tensors(rng, vocab, c, n_layer, block)
 
 
 def random_tensors(version: int, *, vocab=97, c=128, n_layer=2, ffn=256, seed=0):

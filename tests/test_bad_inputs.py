@@ -210,6 +210,18 @@ def _delta(u_shape, v_shape, scale=()):
     return pj.LowRankDelta(u=jnp.zeros(u_shape), v=jnp.zeros(v_shape), scale=jnp.ones(scale))
 
 
+ATT_V = "blocks.0.att.value"  # a target every CFG model has: 32x32
+
+
+def _delta_case(target, u_shape, v_shape, pattern, *, scale=()):
+    """An API case: ``pj.forward`` on one token with a zero delta of these shapes at ``target``."""
+
+    def case(e, t):
+        return pj.forward(CFG, e["params"], [[1]], deltas={target: _delta(u_shape, v_shape, scale)})
+
+    return case, ValueError, pattern
+
+
 def _with_leaf(tree, fn):
     """``tree`` with its first leaf replaced by ``fn(leaf)``."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -437,54 +449,17 @@ API_CASES = {
         "positions",
     ),
     # deltas
-    "deltas rank mismatch": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.att.value": _delta((1, 32, 4), (1, 32, 3))}
-        ),
-        ValueError,
-        "with one rank r",
+    "deltas rank mismatch": _delta_case(ATT_V, (1, 32, 4), (1, 32, 3), "with one rank r"),
+    "deltas wrong out dim": _delta_case(ATT_V, (1, 16, 2), (1, 32, 2), "the target is 32x32"),
+    "deltas ffn shape": _delta_case(
+        "blocks.0.ffn.value", (1, 32, 2), (1, 32, 2), r"the target is 32x128"
     ),
-    "deltas wrong out dim": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.att.value": _delta((1, 16, 2), (1, 32, 2))}
-        ),
-        ValueError,
-        "the target is 32x32",
-    ),
-    "deltas ffn shape": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.ffn.value": _delta((1, 32, 2), (1, 32, 2))}
-        ),
-        ValueError,
-        r"the target is 32x128",
-    ),
-    "deltas batch": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.att.value": _delta((2, 32, 2), (2, 32, 2))}
-        ),
-        ValueError,
-        "B=1",
-    ),
-    "deltas 2-d factors": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.att.value": _delta((32, 2), (32, 2))}
-        ),
-        ValueError,
-        r"\[B, O, r\]",
-    ),
-    "deltas scale shape": (
-        lambda e, t: pj.forward(
-            CFG,
-            e["params"],
-            [[1]],
-            deltas={"blocks.0.att.value": _delta((1, 32, 2), (1, 32, 2), (3,))},
-        ),
-        ValueError,
-        "scale has shape",
-    ),
+    "deltas batch": _delta_case(ATT_V, (2, 32, 2), (2, 32, 2), "B=1"),
+    "deltas 2-d factors": _delta_case(ATT_V, (32, 2), (32, 2), r"\[B, O, r\]"),
+    "deltas scale shape": _delta_case(ATT_V, (1, 32, 2), (1, 32, 2), "scale has shape", scale=(3,)),
     "deltas tuple": (
         lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.0.att.value": (jnp.zeros((1, 32, 2)),) * 2}
+            CFG, e["params"], [[1]], deltas={ATT_V: (jnp.zeros((1, 32, 2)),) * 2}
         ),
         ValueError,
         "must be a LowRankDelta",
@@ -494,22 +469,11 @@ API_CASES = {
         ValueError,
         "deltas must be a dict",
     ),
-    "deltas unknown target": (
-        lambda e, t: pj.forward(
-            CFG, e["params"], [[1]], deltas={"blocks.9.att.value": _delta((1, 32, 2), (1, 32, 2))}
-        ),
-        ValueError,
-        "unknown target 'blocks.9.att.value'",
+    "deltas unknown target": _delta_case(
+        "blocks.9.att.value", (1, 32, 2), (1, 32, 2), "unknown target 'blocks.9.att.value'"
     ),
-    "deltas rwkv4-only target": (
-        lambda e, t: pj.forward(
-            CFG,
-            e["params"],
-            [[1]],
-            deltas={"blocks.0.ffn.receptance": _delta((1, 32, 2), (1, 32, 2))},
-        ),
-        ValueError,
-        "unknown target",
+    "deltas rwkv4-only target": _delta_case(
+        "blocks.0.ffn.receptance", (1, 32, 2), (1, 32, 2), "unknown target"
     ),
     # generation arguments
     "generate huge count": (

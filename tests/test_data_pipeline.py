@@ -161,20 +161,25 @@ def test_too_long_policies():
     assert any(len(t) == SEQ_LEN + 1 and t[0] == 2 for t in rows)
 
 
+def _first_batch(data_dir, builder: str, cfg, *, seq_len: int, batch_size: int):
+    """Builds ``cfg`` as ``<builder>/<cfg.name>`` in ``data_dir``; the pipeline's first batch."""
+    build.build_dataset(builder, data_dir=data_dir, config=cfg)
+    config = pipeline.PipelineConfig(
+        dataset=f"{builder}/{cfg.name}",
+        data_dir=str(data_dir),
+        seq_len=seq_len,
+        batch_size=batch_size,
+        shard_index=0,
+        shard_count=1,
+    )
+    return next(pipeline.make_iterator(config))
+
+
 def test_prompt_retention_batches_score_only_answers(tmp_path):
     cfg = prompt_retention.PromptRetentionConfig(
         name="tiny", distance=64, num_facts=4, num_train=6, num_validation=1, num_test=1
     )
-    build.build_dataset("prompt_retention", data_dir=tmp_path, config=cfg)
-    config = pipeline.PipelineConfig(
-        dataset="prompt_retention/tiny",
-        data_dir=str(tmp_path),
-        seq_len=1024,
-        batch_size=2,
-        shard_index=0,
-        shard_count=1,
-    )
-    batch = next(pipeline.make_iterator(config))
+    batch = _first_batch(tmp_path, "prompt_retention", cfg, seq_len=1024, batch_size=2)
     assert batch["inputs"].shape == (2, 1024)
     examples = [prompt_retention.make_example(cfg, "train", i) for i in range(cfg.num_train)]
     by_key = {_key(ex["tokens"]): ex for ex in examples}
@@ -194,16 +199,7 @@ def test_mqar_batches_fill_seq_len_exactly(tmp_path):
     cfg = mqar.MqarConfig(
         name="tiny", seq_len=64, num_kv_pairs=8, num_train=8, num_validation=1, num_test=1
     )
-    build.build_dataset("mqar", data_dir=tmp_path, config=cfg)
-    config = pipeline.PipelineConfig(
-        dataset="mqar/tiny",
-        data_dir=str(tmp_path),
-        seq_len=64,
-        batch_size=4,
-        shard_index=0,
-        shard_count=1,
-    )
-    batch = next(pipeline.make_iterator(config))
+    batch = _first_batch(tmp_path, "mqar", cfg, seq_len=64, batch_size=4)
     assert (batch["segment_ids"] == 1).all()  # One example per row, no padding.
     np.testing.assert_array_equal(batch["loss_mask"].sum(axis=1), [8] * 4)
     # Every scored target is a value (the answer to the key just read).

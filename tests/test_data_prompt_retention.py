@@ -13,12 +13,7 @@ from prosg_jax.data.tokenizers import ByteTokenizer
 
 SPLITS = text_gen.SPLITS
 TINY = prompt_retention.PromptRetentionConfig(
-    name="tiny",
-    distance=64,
-    num_facts=4,
-    num_train=24,
-    num_validation=12,
-    num_test=12,
+    name="tiny", distance=64, num_facts=4, num_train=24, num_validation=12, num_test=12
 )
 
 

@@ -39,6 +39,12 @@ def _batch(prompts, lengths, k, seed, mask=None):
     return prosg.Batch(prompts, lengths, targets, mask)
 
 
+def _sg_and_batch(cfg, pc, *, scale, k, seed, mask=None):
+    """SG params at ``scale``; a batch of ``k`` random targets (``seed``) after ``_prompts()``."""
+    prompts, lengths = _prompts()
+    return _sg(cfg, pc, scale=scale), _batch(prompts, lengths, k, seed, mask)
+
+
 def _replay(cfg, params, tail, deltas, more=None):
     """Logits after each prompt's replayed last token (then ``more`` tokens), and the state."""
     tokens = tail.token[:, None]
@@ -48,6 +54,19 @@ def _replay(cfg, params, tail, deltas, more=None):
     return pj.forward(cfg, params, tokens, tail.state, deltas=deltas, positions=positions)
 
 
+def _derive_plain(model, method, prompts, lengths):
+    """``derive_deltas`` for a ``method`` without an SG module ("none", "repeat_prompt")."""
+    cfg, params = model
+    return prosg.derive_deltas(cfg, params, None, ProSGConfig(method=method), prompts, lengths)
+
+
+def _derive_both(model, pc, sg, edit):
+    """Deltas and tails for ``_prompts()`` and for ``edit(prompts)``, at the same lengths."""
+    cfg, params = model
+    prompts, lengths = _prompts()
+    return [prosg.derive_deltas(cfg, params, sg, pc, p, lengths) for p in (prompts, edit(prompts))]
+
+
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_untrained_scale_zero_equals_base_model(model, pooling):
     cfg, params = model
@@ -55,9 +74,7 @@ def test_untrained_scale_zero_equals_base_model(model, pooling):
     sg = prosg.init(jax.random.key(0), cfg, pc)  # scale initialised to 0
     prompts, lengths = _prompts()
     deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
-    base_deltas, base_tail = prosg.derive_deltas(
-        cfg, params, None, ProSGConfig(method="none"), prompts, lengths
-    )
+    base_deltas, base_tail = _derive_plain(model, "none", prompts, lengths)
     assert base_deltas is None
     cont = jnp.asarray(np.random.default_rng(1).integers(0, 97, (3, 9)), jnp.int32)
     got, _ = _replay(cfg, params, tail, deltas, cont)
@@ -69,7 +86,7 @@ def test_the_replay_continues_the_prompt_exactly(model):
     """Without deltas, base pass up to the last token + replay == one forward over the prompt."""
     cfg, params = model
     prompts, lengths = _prompts()
-    _, tail = prosg.derive_deltas(cfg, params, None, ProSGConfig(method="none"), prompts, lengths)
+    _, tail = _derive_plain(model, "none", prompts, lengths)
     logits, state = _replay(cfg, params, tail, None)
     for i, n in enumerate(np.asarray(lengths)):
         want, want_state = pj.forward(cfg, params, prompts[i : i + 1, :n])
@@ -96,13 +113,12 @@ def test_delta_rank_at_most_r(model, pooling):
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_padding_does_not_change_deltas(model, pooling):
-    cfg, params = model
+    cfg, _ = model
     pc = ProSGConfig(rank=4, pooling=pooling)
-    sg = _sg(cfg, pc)
-    prompts, lengths = _prompts()
-    wide = jnp.concatenate([prompts, jnp.zeros((3, 7), jnp.int32)], axis=1)
-    a, ta = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
-    b, tb = prosg.derive_deltas(cfg, params, sg, pc, wide, lengths)
+    pad = jnp.zeros((3, 7), jnp.int32)
+    (a, ta), (b, tb) = _derive_both(
+        model, pc, _sg(cfg, pc), lambda p: jnp.concatenate([p, pad], axis=1)
+    )
     for name in a:
         for i in range(3):
             da, db = materialize(a[name], i), materialize(b[name], i)
@@ -118,13 +134,11 @@ def test_padding_does_not_change_deltas(model, pooling):
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_example_isolation(model, pooling):
-    cfg, params = model
+    cfg, _ = model
     pc = ProSGConfig(rank=4, pooling=pooling)
-    sg = _sg(cfg, pc)
-    prompts, lengths = _prompts()
-    other = prompts.at[0, :4].set((prompts[0, :4] + 11) % 96 + 1)
-    a, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
-    b, _ = prosg.derive_deltas(cfg, params, sg, pc, other, lengths)
+    (a, _), (b, _) = _derive_both(
+        model, pc, _sg(cfg, pc), lambda p: p.at[0, :4].set((p[0, :4] + 11) % 96 + 1)
+    )
     for name in a:
         for i in (1, 2):
             np.testing.assert_allclose(
@@ -185,9 +199,7 @@ def test_derive_deltas_is_jittable_vmappable_and_gradient_free(model, monkeypatc
 def test_gradients_reach_every_sg_param_and_no_frozen_base_param(model):
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
-    sg = _sg(cfg, pc, scale=0.3)
-    prompts, lengths = _prompts()
-    batch = _batch(prompts, lengths, 8, seed=2)
+    sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=8, seed=2)
     grads = jax.grad(lambda p, s: prosg.continuation_loss(cfg, p, s, pc, batch)[0], argnums=(0, 1))(
         params, sg
     )
@@ -204,13 +216,11 @@ def test_continuation_loss_scores_the_first_continuation_token(model):
     """Only targets[:, 0] scored: its logits are the replay's, under the deltas."""
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
-    sg = _sg(cfg, pc, scale=2.0)
-    prompts, lengths = _prompts()
     mask = np.zeros((3, 5), np.float32)
     mask[:, 0] = 1
-    batch = _batch(prompts, lengths, 5, seed=3, mask=mask)
+    sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=5, seed=3, mask=mask)
     loss, _ = prosg.continuation_loss(cfg, params, sg, pc, batch)
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
     logits, _ = _replay(cfg, params, tail, deltas)
     logp = jax.nn.log_softmax(logits[:, 0])
     want = -jnp.take_along_axis(logp, batch.targets[:, :1], 1).mean()
@@ -223,9 +233,7 @@ def test_continuation_loss_counts_answer_hits_from_its_own_forward(model):
     """answer_correct counts argmax hits on answer tokens only; two of the four are made hits."""
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
-    sg = _sg(cfg, pc, scale=2.0)
-    prompts, lengths = _prompts()
-    batch = _batch(prompts, lengths, 6, seed=4)
+    sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     targets = np.asarray(batch.targets).copy()
     for t in range(3):  # greedy: targets[:, t] feeds only the logits after it
         logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch)
@@ -245,9 +253,7 @@ def test_continuation_loss_counts_answer_hits_from_its_own_forward(model):
 def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
     cfg, params = model
     pc = ProSGConfig(rank=2, matrices=("att.output",), layers=(1,), sg_match_weight=0.5)
-    sg = _sg(cfg, pc, scale=0.3)
-    prompts, lengths = _prompts()
-    batch = _batch(prompts, lengths, 6, seed=3)
+    sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=6, seed=3)
     loss, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch)
     assert float(metrics["sg_match"]) > 0
     np.testing.assert_allclose(
@@ -255,7 +261,7 @@ def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
     )
 
     def match(s):
-        deltas, tail = prosg.derive_deltas(cfg, params, s, pc, prompts, lengths)
+        deltas, tail = prosg.derive_deltas(cfg, params, s, pc, batch.prompts, batch.prompt_lengths)
         return prosg.sg_match_loss(cfg, params, pc, deltas, tail, batch)
 
     g = jax.grad(match)(sg)
@@ -268,12 +274,10 @@ def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
 def test_sg_match_loss_ignores_rows_with_no_scored_token(model):
     cfg, params = model
     pc = ProSGConfig(rank=2, matrices=("att.value",), layers=(0,), sg_match_weight=1.0)
-    sg = _sg(cfg, pc, scale=0.3)
-    prompts, lengths = _prompts()
     mask = np.ones((3, 6), np.float32)
     mask[1] = 0  # row 1 has nothing to score: no target update exists for it
-    batch = _batch(prompts, lengths, 6, seed=4, mask=mask)
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=6, seed=4, mask=mask)
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
     got = float(prosg.sg_match_loss(cfg, params, pc, deltas, tail, batch))
     assert math.isfinite(got) and 0 < got < 1e3
     # The mean over the scored rows only: rows 0 and 2 alone give the same value.
@@ -486,9 +490,7 @@ def test_true_grad_two_steps_on_padded_prompts_match_dense_sgd(version):
 def test_repeat_prompt_equals_reading_the_prompt_twice(model):
     cfg, params = model
     prompts, lengths = _prompts()
-    _, tail = prosg.derive_deltas(
-        cfg, params, None, ProSGConfig(method="repeat_prompt"), prompts, lengths
-    )
+    _, tail = _derive_plain(model, "repeat_prompt", prompts, lengths)
     _, state = _replay(cfg, params, tail, None)
     for i in range(3):
         p = prompts[i, : int(lengths[i])]
@@ -510,48 +512,23 @@ def test_truncate_is_exact_at_full_rank_and_optimal_below():
 
 class TestBadInput:
     def test_empty_prompt(self, model):
-        cfg, params = model
         with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
-            prosg.derive_deltas(
-                cfg,
-                params,
-                None,
-                ProSGConfig(method="none"),
-                jnp.ones((2, 4), jnp.int32),
-                jnp.asarray([4, 0]),
-            )
+            _derive_plain(model, "none", jnp.ones((2, 4), jnp.int32), jnp.asarray([4, 0]))
 
     def test_length_beyond_width_and_bad_tokens(self, model):
-        cfg, params = model
-        none = ProSGConfig(method="none")
         with pytest.raises(ValueError, match=r"prompt_lengths\[1\] = 5 exceeds the width 4"):
-            prosg.derive_deltas(
-                cfg, params, None, none, jnp.ones((2, 4), jnp.int32), jnp.asarray([4, 5])
-            )
+            _derive_plain(model, "none", jnp.ones((2, 4), jnp.int32), jnp.asarray([4, 5]))
         with pytest.raises(ValueError, match="outside the vocabulary"):
-            prosg.derive_deltas(
-                cfg, params, None, none, jnp.full((1, 4), 500, jnp.int32), jnp.asarray([4])
-            )
+            _derive_plain(model, "none", jnp.full((1, 4), 500, jnp.int32), jnp.asarray([4]))
 
     def test_left_padded_prompts_are_refused(self, model):
-        cfg, params = model
         left = jnp.asarray([[0, 0, 5, 6], [7, 8, 9, 10]], jnp.int32)
         with pytest.raises(ValueError, match=r"prompts\[0\] has id 5 at column 2, beyond its"):
-            prosg.derive_deltas(
-                cfg, params, None, ProSGConfig(method="none"), left, jnp.asarray([2, 4])
-            )
+            _derive_plain(model, "none", left, jnp.asarray([2, 4]))
 
     def test_float_prompt_lengths(self, model):
-        cfg, params = model
         with pytest.raises(ValueError, match="prompt_lengths must be integers"):
-            prosg.derive_deltas(
-                cfg,
-                params,
-                None,
-                ProSGConfig(method="none"),
-                jnp.ones((1, 4), jnp.int32),
-                jnp.asarray([4.0]),
-            )
+            _derive_plain(model, "none", jnp.ones((1, 4), jnp.int32), jnp.asarray([4.0]))
 
     def test_config_errors(self, model):
         cfg, _ = model
@@ -677,12 +654,10 @@ def test_gradients_finite_for_prompts_shorter_than_the_rank(pooling):
 
 
 def test_true_grad_examples_are_isolated(model):
-    cfg, params = model
     pc = ProSGConfig(method="true_grad", rank=4, matrices=("att.value",), layers=(1,))
-    prompts, lengths = _prompts()
-    other = prompts.at[1, :3].set((prompts[1, :3] + 5) % 96 + 1)
-    a, _ = prosg.derive_deltas(cfg, params, None, pc, prompts, lengths)
-    b, _ = prosg.derive_deltas(cfg, params, None, pc, other, lengths)
+    (a, _), (b, _) = _derive_both(
+        model, pc, None, lambda p: p.at[1, :3].set((p[1, :3] + 5) % 96 + 1)
+    )
     for name in a:
         for i in (0, 2):
             np.testing.assert_array_equal(
@@ -695,11 +670,9 @@ def test_forget_rows_continue_from_an_empty_state_under_the_deltas(model):
     """``forget`` rows score the continuation from init_state; other rows are untouched."""
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
-    sg = _sg(cfg, pc, scale=2.0)
-    prompts, lengths = _prompts()
-    batch = _batch(prompts, lengths, 6, seed=4)
+    sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     forget = jnp.asarray([True, False, True])
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
     empty = pj.init_state(cfg, 3)
     state = jax.tree.map(
         lambda e, s: jnp.where(forget.reshape((-1,) + (1,) * (s.ndim - 1)), e, s), empty, tail.state
