@@ -27,7 +27,7 @@ import argparse
 
 import jax
 import numpy as np
-from generate_bench import _best_of  # benchmarks/: alternating cases, best of N
+from timing import best_of  # benchmarks/timing.py
 
 import prosg_jax as pj
 from prosg_jax import tasks
@@ -65,7 +65,7 @@ def main() -> None:
 
         return lambda: None, run
 
-    pre = _best_of({m: prefill(m) for m in ("none", "prosg")}, args.repeats)
+    pre = best_of({m: prefill(m) for m in ("none", "prosg")}, args.repeats)
 
     def decode(method):
         # decode_chunk donates its state: each timed call gets a fresh prefill.
@@ -74,7 +74,7 @@ def main() -> None:
 
         return setup, lambda s: jax.block_until_ready(pj.decode_chunk(cfg, params, *s, args.tokens))
 
-    dec = _best_of({m: decode(m) for m in ("none", "prosg")}, args.repeats)
+    dec = best_of({m: decode(m) for m in ("none", "prosg")}, args.repeats)
 
     p_len = np.mean([len(p) for p in prompts])
     print(

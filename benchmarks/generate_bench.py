@@ -51,29 +51,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # benchmarks/timing.py
 
 REPO = Path(__file__).resolve().parents[1]
 
 PROMPT_LEN = 16
 DEFAULT_RUN = REPO / "pretrained" / "mqar_prosg"
-
-
-def _best_of(cases: dict, repeats: int) -> dict[str, float]:
-    """Fastest wall time of ``run(setup())`` per case, over ``repeats`` rounds.
-
-    ``cases`` maps a name to ``(setup, run)``; only ``run`` is timed. The
-    cases alternate within each round (after one warm-up round), so a noisy
-    neighbour on a shared machine slows them alike and their ratios hold.
-    """
-    best = dict.fromkeys(cases, float("inf"))
-    for i in range(repeats + 1):
-        for name, (setup, run) in cases.items():
-            arg = setup()
-            t0 = time.perf_counter()
-            run(arg)
-            if i:  # round 0 compiles and warms up
-                best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def our_cases(path: str, prompt: np.ndarray, args) -> tuple[dict, dict[str, int]]:
@@ -123,7 +106,7 @@ def read_rate(nbytes: int, repeats: int) -> float:
 
     x = jax.block_until_ready(jnp.ones((nbytes // 4,), jnp.float32))
     total = jax.jit(jnp.sum)
-    best = _best_of({"read": (lambda: x, lambda a: jax.block_until_ready(total(a)))}, repeats)
+    best = best_of({"read": (lambda: x, lambda a: jax.block_until_ready(total(a)))}, repeats)
     return nbytes / best["read"]
 
 
@@ -193,7 +176,7 @@ def time_reference(path: str, prompt: np.ndarray, args) -> float:
             logits, state = model.forward([tok], state)
             tok = int(logits.argmax())
 
-    return _best_of({"rwkv": (setup, run)}, args.repeats)["rwkv"]
+    return best_of({"rwkv": (setup, run)}, args.repeats)["rwkv"]
 
 
 def time_eval(run_dir: Path) -> dict:
@@ -242,7 +225,7 @@ def main() -> None:
         # One set of rounds for both libraries: a noisy neighbour slows them alike.
         cases, sizes = our_cases(path, prompt, args)
         theirs = None if args.skip_jaxrwkv else jaxrwkv_cases(path, prompt, args)
-        times = _best_of({**cases, **(theirs or {})}, args.repeats)
+        times = best_of({**cases, **(theirs or {})}, args.repeats)
         ref = None
         if not args.skip_reference:
             child = [sys.executable, __file__, "--reference_child", path]
