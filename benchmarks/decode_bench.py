@@ -116,7 +116,7 @@ def step_bytes(cfg, params, batch: int, deltas: dict | None) -> int:
 
 def decode(cfg, params, batch: int, deltas, tokens: int, kw: dict):
     """One decode call of ``tokens`` per row from a fresh state; returns the tokens."""
-    out, _ = pj.decode_chunk(cfg, params, fresh_state(cfg, batch), deltas, tokens, **kw)
+    out, _ = pj.decode_chunk(cfg, params, fresh_state(cfg, batch), deltas, n=tokens, **kw)
     return jax.block_until_ready(out)
 
 

@@ -63,7 +63,11 @@ def main() -> None:
         for rank in (4, 16, 64):
             pc = ProSGConfig(rank=rank, pooling=pooling)
             sg = prosg.init(jax.random.key(1), cfg, pc)
-            derive = jax.jit(lambda p, s, t, n, pc=pc: prosg.derive_deltas(cfg, p, s, pc, t, n))
+            derive = jax.jit(
+                lambda p, s, t, n, pc=pc: prosg.derive_deltas(
+                    cfg, p, s, pc, prompts=t, prompt_lengths=n
+                )
+            )
             t = _best_of(
                 lambda derive=derive, sg=sg: derive(params, sg, prompts, lengths), args.repeats
             )

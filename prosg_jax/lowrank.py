@@ -177,16 +177,6 @@ def truncate_operator(apply, apply_t, omega: Float[Array, "I R"], iters: int):
     return q, apply_t(q)
 
 
-def truncate(g: Float[Array, "*B O I"], rank: int, *, key: Array, iters: int = 2):
-    """Best rank-``rank`` factors ``(U, V)`` of a dense matrix (or batch of them).
-
-    ``rank`` is clipped to ``min(O, I)``, where the result is exact.
-    """
-    rank = min(rank, g.shape[-1], g.shape[-2])
-    omega = jax.random.normal(key, (g.shape[-1], rank), g.dtype)
-    return truncate_operator(lambda z: g @ z, lambda y: jnp.swapaxes(g, -1, -2) @ y, omega, iters)
-
-
 def truncate_factored(
     d: Float[Array, "*B P O"], x: Float[Array, "*B P I"], rank: int, *, key: Array, iters: int
 ):

@@ -148,7 +148,9 @@ def _prefill(
     stop_ids,
     key,
 ):
-    deltas, tail = derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
+    deltas, tail = derive(
+        model_cfg, params, sg_params, prosg_cfg, prompts=prompts, prompt_lengths=prompt_lengths
+    )
     if contexts is None:
         logits, state, _ = forward_core(
             model_cfg,
@@ -196,7 +198,7 @@ def _cast_deltas(model_cfg: RWKVConfig, deltas: Deltas | None) -> Deltas | None:
     donate_argnames=("sampling",),
 )
 def _decode(
-    model_cfg, params, sampling, deltas, temperature, top_p, *, n, greedy, top_k, nucleus, unroll
+    model_cfg, params, sampling, deltas, *, temperature, top_p, n, greedy, top_k, nucleus, unroll
 ):
     """:func:`decode_loop` over the model's forward with the deltas bound."""
     # Once per call, not per token: the weights and factors each step reads.
@@ -309,8 +311,8 @@ def _run_decode(model_cfg, params, sampling, deltas, *, n, temperature, top_k, t
         params,
         sampling,
         deltas,
-        jnp.float32(max(temperature, 1e-6)),
-        jnp.float32(top_p),
+        temperature=jnp.float32(max(temperature, 1e-6)),
+        top_p=jnp.float32(top_p),
         n=int(n),
         greedy=temperature == 0,
         top_k=int(top_k),
@@ -324,8 +326,8 @@ def decode_chunk(
     params: dict,
     sampling: SamplingState,
     deltas: Deltas | None,
-    n: int,
     *,
+    n: int,
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,

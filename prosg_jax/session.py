@@ -42,7 +42,7 @@ from prosg_jax.config import ProSGConfig, RWKVConfig, method_config
 from prosg_jax.decode import SamplingState, stop_matrix
 from prosg_jax.models.layers import Deltas
 from prosg_jax.models.lm import State, forward_core, init_state
-from prosg_jax.prosg.ablations import derive
+from prosg_jax.prosg.ablations import derive_compiled
 from prosg_jax.run import Run
 from prosg_jax.sampling import Generation, bucket, decode_chunk, prefill
 
@@ -50,18 +50,12 @@ _FORMAT = "prosg_jax.session/1"
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg",))
-def _read(model_cfg, params, state, deltas, tokens, positions):
+def _read(model_cfg, params, state, deltas, *, tokens, positions):
     """Logits after the last of ``tokens [B, n]`` and the state after it."""
     logits, state, _ = forward_core(
         model_cfg, params, tokens, state, deltas=deltas, positions=positions
     )
     return logits[:, -1], state
-
-
-@functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
-def _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths):
-    deltas, _ = derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
-    return deltas
 
 
 @flax.struct.dataclass
@@ -153,13 +147,13 @@ class Session:
         if remember:
             width = bucket(n)
             padded = np.pad(tokens, ((0, 0), (0, width - n)))
-            new = _derive(
+            new, _ = derive_compiled(
                 cfg,
                 params,
                 self.run.sg_params if pc.method == "prosg" else None,
                 pc,
-                jnp.asarray(padded),
-                jnp.full((self.batch,), n, jnp.int32),
+                prompts=jnp.asarray(padded),
+                prompt_lengths=jnp.full((self.batch,), n, jnp.int32),
             )
             deltas = {
                 name: lowrank.add(
@@ -171,7 +165,12 @@ class Session:
             }
             positions = (self.positions + head)[:, None]
             logits, state = _read(
-                cfg, params, state, deltas, jnp.asarray(tokens[:, head:]), positions
+                cfg,
+                params,
+                state,
+                deltas,
+                tokens=jnp.asarray(tokens[:, head:]),
+                positions=positions,
             )
             turns = turns + 1
         return self.replace(
@@ -217,7 +216,7 @@ class Session:
             self.run.params,
             sampling,
             self.deltas,
-            max_new_tokens,
+            n=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -349,7 +348,12 @@ class Session:
             piece = jnp.asarray(tokens[:, start : start + width])
             positions = self.positions[:, None] + start + jnp.arange(width, dtype=jnp.int32)
             logits, state = _read(
-                self.run.model_cfg, self.run.params, state, deltas, piece, positions
+                self.run.model_cfg,
+                self.run.params,
+                state,
+                deltas,
+                tokens=piece,
+                positions=positions,
             )
             start += width
         return logits, state

@@ -565,7 +565,7 @@ API_CASES = {
     ),
     "decode_chunk count": (
         lambda e, t: pj.decode_chunk(
-            CFG, e["params"], pj.prefill(CFG, e["params"], [[1]])[0], None, 0
+            CFG, e["params"], pj.prefill(CFG, e["params"], [[1]])[0], None, n=0
         ),
         ValueError,
         "n must be an int",
@@ -576,7 +576,7 @@ API_CASES = {
             e["params"],
             pj.prefill(CFG, e["params"], [[1]])[0],
             {"blocks.0.att.value": _delta((2, 32, 2), (2, 32, 2))},
-            2,
+            n=2,
         ),
         ValueError,
         "B=1",
@@ -730,7 +730,12 @@ API_CASES = {
     ),
     "derive_deltas ragged lengths": (
         lambda e, t: pj.prosg.derive_deltas(
-            CFG, e["params"], e["sg"], e["pc"], np.ones((1, 4), np.int32), np.array([5])
+            CFG,
+            e["params"],
+            e["sg"],
+            e["pc"],
+            prompts=np.ones((1, 4), np.int32),
+            prompt_lengths=np.array([5]),
         ),
         ValueError,
         "prompt",

@@ -114,7 +114,7 @@ def test_generation_agrees_with_teacher_forcing(trained_run):
             es.prompts,
             es.prompt_lengths,
             es.contexts,
-            es.context_lengths,
+            context_lengths=es.context_lengths,
             max_new_tokens=3,
             method=method,
         )
@@ -142,7 +142,7 @@ def test_block_reading_equals_one_pass(trained_run):
             answer_weight=1.0,
         )
         logits, _, _ = pj.prosg.continuation_logits(
-            run.model_cfg, run.params, sg, cfg, datasets.to_batch(arrays)
+            run.model_cfg, run.params, sg, cfg, batch=datasets.to_batch(arrays)
         )
         logp = np.asarray(jax.nn.log_softmax(logits, -1))
         targets = arrays["targets"]

@@ -154,7 +154,7 @@ def test_a_joint_training_step_lowers_the_loss(toy):
     opt_state = opt.init(trainable)
 
     def loss(tr):
-        return prosg.continuation_loss(cfg, tr["base"], tr["sg"], pc, batch)[0]
+        return prosg.continuation_loss(cfg, tr["base"], tr["sg"], pc, batch=batch)[0]
 
     @jax.jit
     def train_step(tr, opt_state):
@@ -180,8 +180,8 @@ def test_deltas_are_derived_for_the_family_targets(toy, method):
         params,
         sg if method == "prosg" else None,
         pc.replace(method=method),
-        batch.prompts,
-        batch.prompt_lengths,
+        prompts=batch.prompts,
+        prompt_lengths=batch.prompt_lengths,
     )
     assert sorted(deltas) == sorted(pj.target_names(cfg))
     for d in deltas.values():

@@ -56,7 +56,7 @@ def test_generate_equals_prompt_deltas_replay_greedy_loop(model, method):
     pc, sg = _setup(cfg, method)
     got = pj.generate(cfg, params, ROWS, max_new_tokens=4, prosg_cfg=pc, sg_params=sg)
     prompts, lengths = prosg.right_padded(cfg, ROWS)
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts=prompts, prompt_lengths=lengths)
     logits, state = _replay(cfg, params, tail, deltas)
     np.testing.assert_array_equal(
         np.asarray(got.tokens), _greedy(cfg, params, deltas, logits, state, 4)
@@ -107,7 +107,7 @@ def test_decode_loop_exits_once_every_row_has_stopped(model):
     first = np.asarray(pj.generate(cfg, params, ROWS, max_new_tokens=1).tokens[:, 0])
     key = jax.random.key(7)
     state, deltas = pj.prefill(cfg, params, ROWS, stop_tokens=[[int(t)] for t in first], key=key)
-    tokens, state = pj.decode_chunk(cfg, params, state, deltas, 50, unroll=4)
+    tokens, state = pj.decode_chunk(cfg, params, state, deltas, n=50, unroll=4)
     np.testing.assert_array_equal(np.asarray(tokens[:, 0]), first)
     assert (np.asarray(tokens[:, 1:]) == 0).all()
     np.testing.assert_array_equal(np.asarray(state.lengths), [1, 1, 1])
@@ -125,8 +125,8 @@ def test_decoding_in_chunks_equals_one_call(model, temperature):
     args = dict(prosg_cfg=pc, sg_params=sg, key=key)
     whole = pj.generate(cfg, params, ROWS, max_new_tokens=7, temperature=temperature, **args)
     state, deltas = pj.prefill(cfg, params, ROWS, **args)
-    a, state = pj.decode_chunk(cfg, params, state, deltas, 3, temperature=temperature)
-    b, state = pj.decode_chunk(cfg, params, state, deltas, 4, temperature=temperature)
+    a, state = pj.decode_chunk(cfg, params, state, deltas, n=3, temperature=temperature)
+    b, state = pj.decode_chunk(cfg, params, state, deltas, n=4, temperature=temperature)
     np.testing.assert_array_equal(np.concatenate([a, b], 1), np.asarray(whole.tokens))
     np.testing.assert_array_equal(np.asarray(state.lengths), [7, 7, 7])
 
@@ -159,10 +159,10 @@ def test_unrolled_decode_equals_one_token_per_iteration(model):
     def run(unroll):
         state, deltas = pj.prefill(cfg, params, ROWS, **args)
         a, state = pj.decode_chunk(
-            cfg, params, state, deltas, 7, temperature=temperature, unroll=unroll
+            cfg, params, state, deltas, n=7, temperature=temperature, unroll=unroll
         )
         b, state = pj.decode_chunk(
-            cfg, params, state, deltas, 2, temperature=temperature, unroll=unroll
+            cfg, params, state, deltas, n=2, temperature=temperature, unroll=unroll
         )
         return np.concatenate([a, b], 1), state
 
@@ -179,7 +179,7 @@ def test_unrolled_decode_equals_one_token_per_iteration(model):
     for x, y in zip(jax.tree.leaves(state.state), jax.tree.leaves(want_state.state), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="unroll"):
-        pj.decode_chunk(cfg, params, run(1)[1], None, 2, unroll=0)
+        pj.decode_chunk(cfg, params, run(1)[1], None, n=2, unroll=0)
 
 
 def test_decode_from_a_sampling_state_built_from_init_state(model):
@@ -195,7 +195,7 @@ def test_decode_from_a_sampling_state_built_from_init_state(model):
         stop_ids=jnp.full((2, 4), -1, jnp.int32),
         key=jax.random.key(0),
     )
-    tokens, _ = pj.decode_chunk(cfg, params, state, None, 3)
+    tokens, _ = pj.decode_chunk(cfg, params, state, None, n=3)
     want = _greedy(cfg, params, None, logits, pj.init_state(cfg, 2), 3)
     np.testing.assert_array_equal(np.asarray(tokens), want)
 
@@ -295,7 +295,7 @@ def test_complete_equals_manual_prompt_deltas_context_greedy_loop(byte_model):
     stop = (tok.eos_id, int(tok.encode("\n")[0]))
     for i, (p, c) in enumerate(zip(prompts, contexts, strict=True)):
         ids = tok.encode(p)
-        deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, [ids])
+        deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts=[ids])
         logits, state = _replay(cfg, params, tail, deltas, tok.encode(c))
         (want,) = _greedy(cfg, params, deltas, logits, state, 8, stop=stop)
         want = [int(t) for t in want if t not in stop]

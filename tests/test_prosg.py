@@ -15,7 +15,7 @@ from conftest import tiny_model
 import prosg_jax as pj
 from prosg_jax import prosg
 from prosg_jax.config import ProSGConfig
-from prosg_jax.lowrank import materialize, merge, truncate
+from prosg_jax.lowrank import materialize, merge, truncate_operator
 
 POOLINGS = ("query", "sketch", "power")
 
@@ -57,14 +57,19 @@ def _replay(cfg, params, tail, deltas, more=None):
 def _derive_plain(model, method, prompts, lengths):
     """``derive_deltas`` for a ``method`` without an SG module ("none", "repeat_prompt")."""
     cfg, params = model
-    return prosg.derive_deltas(cfg, params, None, ProSGConfig(method=method), prompts, lengths)
+    return prosg.derive_deltas(
+        cfg, params, None, ProSGConfig(method=method), prompts=prompts, prompt_lengths=lengths
+    )
 
 
 def _derive_both(model, pc, sg, edit):
     """Deltas and tails for ``_prompts()`` and for ``edit(prompts)``, at the same lengths."""
     cfg, params = model
     prompts, lengths = _prompts()
-    return [prosg.derive_deltas(cfg, params, sg, pc, p, lengths) for p in (prompts, edit(prompts))]
+    return [
+        prosg.derive_deltas(cfg, params, sg, pc, prompts=p, prompt_lengths=lengths)
+        for p in (prompts, edit(prompts))
+    ]
 
 
 @pytest.mark.parametrize("pooling", POOLINGS)
@@ -73,7 +78,7 @@ def test_untrained_scale_zero_equals_base_model(model, pooling):
     pc = ProSGConfig(rank=4, pooling=pooling)
     sg = prosg.init(jax.random.key(0), cfg, pc)  # scale initialised to 0
     prompts, lengths = _prompts()
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, prompts=prompts, prompt_lengths=lengths)
     base_deltas, base_tail = _derive_plain(model, "none", prompts, lengths)
     assert base_deltas is None
     cont = jnp.asarray(np.random.default_rng(1).integers(0, 97, (3, 9)), jnp.int32)
@@ -101,7 +106,9 @@ def test_delta_rank_at_most_r(model, pooling):
     cfg, params = model
     pc = ProSGConfig(rank=3, pooling=pooling)
     prompts, lengths = _prompts()
-    deltas, _ = prosg.derive_deltas(cfg, params, _sg(cfg, pc), pc, prompts, lengths)
+    deltas, _ = prosg.derive_deltas(
+        cfg, params, _sg(cfg, pc), pc, prompts=prompts, prompt_lengths=lengths
+    )
     assert set(deltas) == set(pc.targets(cfg))
     for d in deltas.values():
         for b in range(3):
@@ -170,7 +177,7 @@ def test_derive_deltas_is_jittable_vmappable_and_gradient_free(model, monkeypatc
     prompts, lengths = _prompts()
 
     def run(p, n):
-        return prosg.derive_deltas(cfg, params, sg, pc, p, n)[0]
+        return prosg.derive_deltas(cfg, params, sg, pc, prompts=p, prompt_lengths=n)[0]
 
     eager = run(prompts, lengths)
     jitted = jax.jit(run)(prompts, lengths)
@@ -185,9 +192,9 @@ def test_derive_deltas_is_jittable_vmappable_and_gradient_free(model, monkeypatc
     # The same detector fires on the path that does take gradients.
     tg = ProSGConfig(method="true_grad", rank=4)
     tg_scans = _scans(
-        jax.make_jaxpr(lambda p, n: prosg.derive_deltas(cfg, params, None, tg, p, n)[0])(
-            prompts, lengths
-        ).jaxpr
+        jax.make_jaxpr(
+            lambda p, n: prosg.derive_deltas(cfg, params, None, tg, prompts=p, prompt_lengths=n)[0]
+        )(prompts, lengths).jaxpr
     )
     assert any(e.params["reverse"] for e in tg_scans)
     # And no autodiff entry point is even called while deriving ProSG deltas.
@@ -200,15 +207,17 @@ def test_gradients_reach_every_sg_param_and_no_frozen_base_param(model):
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
     sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=8, seed=2)
-    grads = jax.grad(lambda p, s: prosg.continuation_loss(cfg, p, s, pc, batch)[0], argnums=(0, 1))(
-        params, sg
-    )
+    grads = jax.grad(
+        lambda p, s: prosg.continuation_loss(cfg, p, s, pc, batch=batch)[0], argnums=(0, 1)
+    )(params, sg)
     base_g, sg_g = grads
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(base_g))
     for path, g in jax.tree_util.tree_leaves_with_path(sg_g):
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
     trainable = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"), train_base=True)
-    base_g = jax.grad(lambda p: prosg.continuation_loss(cfg, p, sg, trainable, batch)[0])(params)
+    base_g = jax.grad(lambda p: prosg.continuation_loss(cfg, p, sg, trainable, batch=batch)[0])(
+        params
+    )
     assert float(jnp.abs(base_g["head"]["weight"]).max()) > 0
 
 
@@ -219,13 +228,15 @@ def test_continuation_loss_scores_the_first_continuation_token(model):
     mask = np.zeros((3, 5), np.float32)
     mask[:, 0] = 1
     sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=5, seed=3, mask=mask)
-    loss, _ = prosg.continuation_loss(cfg, params, sg, pc, batch)
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
+    loss, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch)
+    deltas, tail = prosg.derive_deltas(
+        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
+    )
     logits, _ = _replay(cfg, params, tail, deltas)
     logp = jax.nn.log_softmax(logits[:, 0])
     want = -jnp.take_along_axis(logp, batch.targets[:, :1], 1).mean()
     np.testing.assert_allclose(float(loss), float(want), atol=1e-5, rtol=0)
-    base, _ = prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"), batch)
+    base, _ = prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"), batch=batch)
     assert abs(float(base) - float(loss)) > 1e-3  # the deltas do reach that token
 
 
@@ -236,17 +247,17 @@ def test_continuation_loss_counts_answer_hits_from_its_own_forward(model):
     sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     targets = np.asarray(batch.targets).copy()
     for t in range(3):  # greedy: targets[:, t] feeds only the logits after it
-        logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch)
+        logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch=batch)
         targets[:, t] = np.asarray(jnp.argmax(logits[:, t], -1))
         batch = batch._replace(targets=jnp.asarray(targets))
     answers = np.zeros(targets.shape, np.float32)
     answers[:, 1:5] = 1  # columns 1, 2 are hits; 3, 4 hits only by chance
-    _, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch, answer_mask=answers)
-    logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch)
+    _, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch=batch, answer_mask=answers)
+    logits, _, _ = prosg.continuation_logits(cfg, params, sg, pc, batch=batch)
     want = ((np.asarray(jnp.argmax(logits, -1)) == targets) * answers).sum()
     assert float(metrics["answer_count"]) == answers.sum() == 12
     assert float(metrics["answer_correct"]) == want >= 6
-    _, plain = prosg.continuation_loss(cfg, params, sg, pc, batch)
+    _, plain = prosg.continuation_loss(cfg, params, sg, pc, batch=batch)
     assert "answer_correct" not in plain  # only with an answer mask
 
 
@@ -254,20 +265,22 @@ def test_sg_match_loss_has_gradient_and_is_off_by_default(model):
     cfg, params = model
     pc = ProSGConfig(rank=2, matrices=("att.output",), layers=(1,), sg_match_weight=0.5)
     sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=6, seed=3)
-    loss, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch)
+    loss, metrics = prosg.continuation_loss(cfg, params, sg, pc, batch=batch)
     assert float(metrics["sg_match"]) > 0
     np.testing.assert_allclose(
         float(loss), float(metrics["ce"] + 0.5 * metrics["sg_match"]), rtol=1e-6
     )
 
     def match(s):
-        deltas, tail = prosg.derive_deltas(cfg, params, s, pc, batch.prompts, batch.prompt_lengths)
-        return prosg.sg_match_loss(cfg, params, pc, deltas, tail, batch)
+        deltas, tail = prosg.derive_deltas(
+            cfg, params, s, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
+        )
+        return prosg.sg_match_loss(cfg, params, pc, deltas, tail=tail, batch=batch)
 
     g = jax.grad(match)(sg)
     assert float(jnp.abs(g["blocks.1.att.output"]["w_out"]).max()) > 0
     off_cfg = ProSGConfig(rank=2, matrices=("att.output",), layers=(1,))
-    _, off = prosg.continuation_loss(cfg, params, sg, off_cfg, batch)
+    _, off = prosg.continuation_loss(cfg, params, sg, off_cfg, batch=batch)
     assert float(off["sg_match"]) == 0.0
 
 
@@ -277,18 +290,20 @@ def test_sg_match_loss_ignores_rows_with_no_scored_token(model):
     mask = np.ones((3, 6), np.float32)
     mask[1] = 0  # row 1 has nothing to score: no target update exists for it
     sg, batch = _sg_and_batch(cfg, pc, scale=0.3, k=6, seed=4, mask=mask)
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
-    got = float(prosg.sg_match_loss(cfg, params, pc, deltas, tail, batch))
+    deltas, tail = prosg.derive_deltas(
+        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
+    )
+    got = float(prosg.sg_match_loss(cfg, params, pc, deltas, tail=tail, batch=batch))
     assert math.isfinite(got) and 0 < got < 1e3
     # The mean over the scored rows only: rows 0 and 2 alone give the same value.
     rows = np.asarray([0, 2])
     sub = prosg.Batch(*(jnp.asarray(x)[rows] for x in batch))
     sub_deltas = jax.tree.map(lambda x: x[rows] if x.ndim else x, deltas)
     sub_tail = jax.tree.map(lambda x: x[rows], tail)
-    want = float(prosg.sg_match_loss(cfg, params, pc, sub_deltas, sub_tail, sub))
+    want = float(prosg.sg_match_loss(cfg, params, pc, sub_deltas, tail=sub_tail, batch=sub))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     nothing = batch._replace(loss_mask=jnp.zeros_like(batch.loss_mask))
-    assert float(prosg.sg_match_loss(cfg, params, pc, deltas, tail, nothing)) == 0.0
+    assert float(prosg.sg_match_loss(cfg, params, pc, deltas, tail=tail, batch=nothing)) == 0.0
 
 
 # --------------------------------------------------------------------------- oracles
@@ -329,8 +344,8 @@ def test_factored_per_example_grads_equal_dense_vmap_grad(version):
         params,
         tokens,
         pj.init_state(cfg, 2),
-        names,
-        lambda lg: prosg.per_example_ce(lg[:, :-1], tokens[:, 1:], pairs),
+        names=names,
+        example_losses=lambda lg: prosg.per_example_ce(lg[:, :-1], tokens[:, 1:], pairs),
         positions=positions,
     )
 
@@ -358,8 +373,8 @@ def test_power_at_full_rank_equals_dense_sum_on_non_square_targets(version):
     pc = ProSGConfig(rank=p, pooling="power", matrices=("ffn.key", "ffn.value"), power_iters=2)
     sg = _sg(cfg, pc)
     prompts, lengths = _prompts(b=2, p=p)
-    deltas, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
-    states = prosg.prompt_states(cfg, params, prompts, lengths, pc.targets(cfg))
+    deltas, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts=prompts, prompt_lengths=lengths)
+    states = prosg.prompt_states(cfg, params, prompts, lengths, targets=pc.targets(cfg))
     for name in pc.targets(cfg):
         block = name.rsplit(".", 2)[0]
         layer = int(block.split(".")[1])
@@ -383,7 +398,7 @@ def test_query_pool_matches_its_formula_in_numpy(model):
     sg = _sg(cfg, pc, scale=1.0)
     prompts, lengths = _prompts()
     name = "blocks.1.ffn.key"
-    states = prosg.prompt_states(cfg, params, prompts, lengths, (name,))
+    states = prosg.prompt_states(cfg, params, prompts, lengths, targets=(name,))
     d_hat, z = prosg.predict_errors(cfg, sg[name], states.hidden["blocks.1"], states.state[1])
     u, v = prosg.compress(
         pc, sg[name], d_hat, states.inputs[name], z=z, mask=states.mask, positions=states.positions
@@ -407,7 +422,7 @@ def test_sketch_is_unbiased_over_many_seeds(model):
     sg = _sg(cfg, pc, scale=1.0)
     prompts, lengths = _prompts()
     name = "blocks.0.ffn.value"
-    states = prosg.prompt_states(cfg, params, prompts, lengths, (name,))
+    states = prosg.prompt_states(cfg, params, prompts, lengths, targets=(name,))
     d_hat, z = prosg.predict_errors(cfg, sg[name], states.hidden["blocks.0"], states.state[0])
     x = states.inputs[name]
     mask, pos = states.mask, states.positions
@@ -449,7 +464,7 @@ def test_true_grad_full_rank_equals_one_sgd_step():
         true_grad_lr=0.5,
     )
     prompts, lengths = _prompts(b=1, p=10)
-    deltas, _ = prosg.derive_deltas(cfg, params, None, pc, prompts, lengths)
+    deltas, _ = prosg.derive_deltas(cfg, params, None, pc, prompts=prompts, prompt_lengths=lengths)
     grads = jax.grad(lambda p: _prompt_loss(cfg, p, prompts))(params)
     for name in pc.targets(cfg):
         want = -0.5 * prosg.weight(grads, name)
@@ -472,7 +487,7 @@ def test_true_grad_two_steps_on_padded_prompts_match_dense_sgd(version):
         true_grad_lr=lr,
     )
     prompts, lengths = _prompts(b=2, p=9)  # lengths 9 and 4: row 1 is padded
-    deltas, _ = prosg.derive_deltas(cfg, params, None, pc, prompts, lengths)
+    deltas, _ = prosg.derive_deltas(cfg, params, None, pc, prompts=prompts, prompt_lengths=lengths)
     names = pc.targets(cfg)
     for b in range(2):
         row = prompts[b : b + 1, : int(lengths[b])]
@@ -498,6 +513,13 @@ def test_repeat_prompt_equals_reading_the_prompt_twice(model):
         chex.assert_trees_all_close(
             jax.tree.map(lambda x, i=i: x[i : i + 1], state), want, atol=1e-4, rtol=0
         )
+
+
+def truncate(g, rank, *, key, iters=2):
+    """Rank-``rank`` factors of dense matrices ``g`` by the library's subspace iteration."""
+    omega = jax.random.normal(key, (g.shape[-1], rank), g.dtype)
+    gt = jnp.swapaxes(g, -1, -2)
+    return truncate_operator(lambda z: g @ z, lambda y: gt @ y, omega, iters)
 
 
 def test_truncate_is_exact_at_full_rank_and_optimal_below():
@@ -558,8 +580,11 @@ class TestBadInput:
 
     def test_prosg_needs_sg_params(self, model):
         cfg, params = model
+        prompts, lengths = _prompts()
         with pytest.raises(ValueError, match="needs sg_params"):
-            prosg.derive_deltas(cfg, params, None, ProSGConfig(), *_prompts())
+            prosg.derive_deltas(
+                cfg, params, None, ProSGConfig(), prompts=prompts, prompt_lengths=lengths
+            )
 
     def test_sg_params_for_another_rank_or_target_set(self, model):
         cfg, params = model
@@ -567,13 +592,15 @@ class TestBadInput:
         prompts, lengths = _prompts()
         other_rank = prosg.init(jax.random.key(0), cfg, pc.replace(rank=8))
         with pytest.raises(ValueError, match=r"\['queries'\] has shape \(8, 32\), prosg_cfg"):
-            prosg.derive_deltas(cfg, params, other_rank, pc, prompts, lengths)
+            prosg.derive_deltas(
+                cfg, params, other_rank, pc, prompts=prompts, prompt_lengths=lengths
+            )
         other_set = prosg.init(jax.random.key(0), cfg, pc.replace(matrices=("ffn.value",)))
         with pytest.raises(ValueError, match="no entry for target"):
-            prosg.derive_deltas(cfg, params, other_set, pc, prompts, lengths)
+            prosg.derive_deltas(cfg, params, other_set, pc, prompts=prompts, prompt_lengths=lengths)
         more = prosg.init(jax.random.key(0), cfg, pc.replace(matrices=("att.value", "att.key")))
         with pytest.raises(ValueError, match="that prosg_cfg does not select"):
-            prosg.derive_deltas(cfg, params, more, pc, prompts, lengths)
+            prosg.derive_deltas(cfg, params, more, pc, prompts=prompts, prompt_lengths=lengths)
 
     def test_batch_shapes(self, model):
         cfg, params = model
@@ -581,7 +608,11 @@ class TestBadInput:
         batch = _batch(prompts, lengths, 4, seed=0)
         with pytest.raises(ValueError, match="batch.loss_mask shape"):
             prosg.continuation_loss(
-                cfg, params, None, ProSGConfig(method="none"), batch._replace(loss_mask=jnp.ones(3))
+                cfg,
+                params,
+                None,
+                ProSGConfig(method="none"),
+                batch=batch._replace(loss_mask=jnp.ones(3)),
             )
 
 
@@ -610,7 +641,7 @@ def test_sg_training_overfits_recall_past_a_distractor():
     )
     pc = ProSGConfig(rank=4, matrices=("att.output", "ffn.value"), layers=(1,), sg_hidden=64)
     base_loss = float(
-        prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"), batch)[0]
+        prosg.continuation_loss(cfg, params, None, ProSGConfig(method="none"), batch=batch)[0]
     )
     sg = prosg.init(jax.random.key(1), cfg, pc)
     opt = optax.adam(1e-2)
@@ -619,14 +650,14 @@ def test_sg_training_overfits_recall_past_a_distractor():
     @jax.jit
     def train_step(sg, opt_state):
         loss, g = jax.value_and_grad(
-            lambda s: prosg.continuation_loss(cfg, params, s, pc, batch)[0]
+            lambda s: prosg.continuation_loss(cfg, params, s, pc, batch=batch)[0]
         )(sg)
         updates, opt_state = opt.update(g, opt_state, sg)
         return optax.apply_updates(sg, updates), opt_state, loss
 
     for _ in range(300):
         sg, opt_state, loss = train_step(sg, opt_state)
-    final = float(prosg.continuation_loss(cfg, params, sg, pc, batch)[0])
+    final = float(prosg.continuation_loss(cfg, params, sg, pc, batch=batch)[0])
     print(f"frozen base continuation loss {base_loss:.3f} -> ProSG-trained {final:.3f}")
     assert base_loss > 3.0
     assert final < 0.25 * base_loss
@@ -643,11 +674,11 @@ def test_gradients_finite_for_prompts_shorter_than_the_rank(pooling):
     lengths = jnp.asarray([1, 2, 12], jnp.int32)
     prompts = jnp.where(jnp.arange(12)[None] < lengths[:, None], prompts, 0)
     batch = _batch(prompts, lengths, 6, seed=4)
-    grads = jax.grad(lambda s: prosg.continuation_loss(cfg, params, s, pc, batch)[0])(sg)
+    grads = jax.grad(lambda s: prosg.continuation_loss(cfg, params, s, pc, batch=batch)[0])(sg)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert bool(jnp.isfinite(g).all()), jax.tree_util.keystr(path)
         assert float(jnp.abs(g).max()) < 1e3, jax.tree_util.keystr(path)
-    deltas, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts, lengths)
+    deltas, _ = prosg.derive_deltas(cfg, params, sg, pc, prompts=prompts, prompt_lengths=lengths)
     for d in deltas.values():  # a length-1 prompt still gives an exact rank-1 delta
         s = np.linalg.svd(np.asarray(materialize(d, 0), np.float64), compute_uv=False)
         assert s[0] > 1e-6 and np.sum(s > 1e-5 * s[0]) == 1
@@ -672,7 +703,9 @@ def test_forget_rows_continue_from_an_empty_state_under_the_deltas(model):
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
     sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     forget = jnp.asarray([True, False, True])
-    deltas, tail = prosg.derive_deltas(cfg, params, sg, pc, batch.prompts, batch.prompt_lengths)
+    deltas, tail = prosg.derive_deltas(
+        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
+    )
     empty = pj.init_state(cfg, 3)
     state = jax.tree.map(
         lambda e, s: jnp.where(forget.reshape((-1,) + (1,) * (s.ndim - 1)), e, s), empty, tail.state
@@ -680,14 +713,14 @@ def test_forget_rows_continue_from_an_empty_state_under_the_deltas(model):
     logits, _ = _replay(cfg, params, tail._replace(state=state), deltas, batch.targets[:, :-1])
     logp = jax.nn.log_softmax(logits)
     want = -jnp.take_along_axis(logp, batch.targets[..., None], -1).mean()
-    got, _ = prosg.continuation_loss(cfg, params, sg, pc, batch, forget=forget)
+    got, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch, forget=forget)
     np.testing.assert_allclose(float(got), float(want), atol=1e-5, rtol=0)
-    kept, _ = prosg.continuation_loss(cfg, params, sg, pc, batch, forget=jnp.zeros(3, bool))
-    plain, _ = prosg.continuation_loss(cfg, params, sg, pc, batch)
+    kept, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch, forget=jnp.zeros(3, bool))
+    plain, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch)
     assert float(kept) == float(plain)
     assert abs(float(got) - float(plain)) > 1e-3
     with pytest.raises(ValueError, match="forget shape"):
-        prosg.continuation_loss(cfg, params, sg, pc, batch, forget=jnp.zeros(2, bool))
+        prosg.continuation_loss(cfg, params, sg, pc, batch=batch, forget=jnp.zeros(2, bool))
 
 
 def test_lookahead_sg_sees_the_next_prompt_position_and_nothing_later(model):

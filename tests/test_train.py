@@ -195,7 +195,7 @@ _MESH_SCRIPT = textwrap.dedent(
     from prosg_jax.models import init_params
     from prosg_jax import experiment
     from prosg_jax.train import optim, data as data_lib, mesh as mesh_lib
-    from prosg_jax.train.steps import TrainState, make_step_fns
+    from prosg_jax.train.steps import TrainState, make_train_step
     from prosg_jax.data.tokenizers import get_tokenizer
     assert jax.device_count() == 8
     config = tiny_config()
@@ -221,11 +221,19 @@ _MESH_SCRIPT = textwrap.dedent(
             state = jax.jit(init, out_shardings=sh)(trainable)
             fsh = None if frozen is None else mesh_lib.tree_shardings(mesh, frozen)
             fz = None if frozen is None else jax.device_put(frozen, fsh)
-            fns = make_step_fns(stage, exp.model, exp.prosg, opt, mesh, sh, fsh)
+            train_step = make_train_step(
+                stage,
+                exp.model,
+                exp.prosg,
+                opt,
+                mesh=mesh,
+                state_shardings=sh,
+                frozen_shardings=fsh,
+            )
             losses = []
             for b in batches:
                 batch = mesh_lib.put_batch(mesh, {k: b[k] for k in keys})
-                state, m = fns.train_step(state, fz, batch)
+                state, m = train_step(state, fz, batch)
                 losses.append(float(m["loss"]))
             if fsdp > 1:
                 assert any(len(set(s.spec) - {None}) for s in jax.tree.leaves(sh.params))
@@ -318,16 +326,16 @@ def test_forget_frac_continues_the_leading_rows_from_an_empty_state():
     np.testing.assert_array_equal(forget_rows(4, 0.5), [True, True, False, False])
     with pytest.raises(ValueError, match="forget_frac"):
         forget_rows(4, 1.5)
-    got, _ = loss_fn("prosg", exp.model, exp.prosg, sg, base, batch, forget_frac=0.5)
+    got, _ = loss_fn("prosg", exp.model, exp.prosg, sg, frozen=base, batch=batch, forget_frac=0.5)
     want, _ = prosg.continuation_loss(
         exp.model,
         base,
         sg,
         exp.prosg,
-        prosg.Batch(*(batch[f] for f in prosg.Batch._fields)),
+        batch=prosg.Batch(*(batch[f] for f in prosg.Batch._fields)),
         forget=jnp.asarray([True, True, False, False]),
     )
-    kept, _ = loss_fn("prosg", exp.model, exp.prosg, sg, base, batch)
+    kept, _ = loss_fn("prosg", exp.model, exp.prosg, sg, frozen=base, batch=batch)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert abs(float(got) - float(kept)) > 1e-4
 

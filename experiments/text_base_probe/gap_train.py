@@ -130,7 +130,7 @@ def logits_fn(cfg: RWKVConfig, params, tokens, width: int):
     for i, (p, s) in enumerate(
         zip(params["blocks"], init_state(cfg, tokens.shape[0]), strict=True)
     ):
-        x, _, v_first = rwkv7.block(cfg, i, p, x, s, reset=None, hooks=hooks, v_first=v_first)
+        x, _, v_first = rwkv7.block(cfg, i, p, x, state=s, reset=None, hooks=hooks, v_first=v_first)
     return layer_norm(x, params["ln_out"]) @ params["head"]["weight"].T
 
 

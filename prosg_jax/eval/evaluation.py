@@ -335,7 +335,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             if ev.exact_match == "generate":
                 with clock.phase("decode"):
                     hits = exact_match(row_run, es, row.method, ev.batch_size)
-            accs, fact_accs, ppls = per_seed(es, hits, nll, count, len(seeds))
+            accs, fact_accs, ppls = per_seed(es, hits, nll, count, n_seeds=len(seeds))
             results[kind].setdefault(m, {})[label] = float(np.mean(accs))
             results[f"{kind}_std"].setdefault(m, {})[label] = std(accs)
             results["perplexity"][kind].setdefault(m, {})[label] = float(np.mean(ppls))

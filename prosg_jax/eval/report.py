@@ -30,7 +30,7 @@ def _set_text(cfg: dict, share: int) -> str:
     return f"f{cfg['num_facts']}{asked}{_share_text(share)}"
 
 
-def _table(title, values, spreads, columns, fmt) -> list[str]:
+def _table(title, values, spreads, columns, *, fmt) -> list[str]:
     lines = [f"### {title}", "", "| method | " + " | ".join(columns) + " |"]
     lines.append("|---" * (len(columns) + 1) + "|")
     for m, row in values.items():
@@ -76,24 +76,24 @@ def results_table(results: dict) -> str:
     for share in shares:
         kind = retention_kind(share)
         title = f"prompt_retention ({_set_text(cfg, share)})"
-        lines += _table(title, results[kind], results[f"{kind}_std"], d_cols, pct)
+        lines += _table(title, results[kind], results[f"{kind}_std"], d_cols, fmt=pct)
         if results.get(f"{kind}_facts"):  # absent from older results
             lines += _table(
                 f"{title}, facts only (closing word excluded)",
                 results[f"{kind}_facts"],
                 results[f"{kind}_facts_std"],
                 d_cols,
-                pct,
+                fmt=pct,
             )
     if m_cols:
-        lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, pct)
+        lines += _table("MQAR", results["mqar"], results["mqar_std"], m_cols, fmt=pct)
     for share in shares:
         lines += _table(
             f"Answer-token perplexity (prompt_retention{_share_text(share)})",
             results["perplexity"][retention_kind(share)],
             None,
             d_cols,
-            "{:.3g}".format,
+            fmt="{:.3g}".format,
         )
     if m_cols:
         lines += _table(
@@ -101,7 +101,7 @@ def results_table(results: dict) -> str:
             results["perplexity"]["mqar"],
             None,
             m_cols,
-            "{:.3g}".format,
+            fmt="{:.3g}".format,
         )
     n = results["n_answers"]
     counts = [

@@ -22,7 +22,7 @@ from prosg_jax.clock import PhaseClock
 from prosg_jax.config import method_config
 from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core
-from prosg_jax.prosg.ablations import derive
+from prosg_jax.prosg.ablations import derive_compiled
 from prosg_jax.run import Run, complete_ids, decode_text
 from prosg_jax.tasks.datasets import load_split, make_prosg_batch, round_up
 
@@ -40,8 +40,8 @@ def complete_batch(
     prompts: np.ndarray,
     prompt_lengths: np.ndarray,
     contexts: np.ndarray,
-    context_lengths: np.ndarray,
     *,
+    context_lengths: np.ndarray,
     max_new_tokens: int,
     method: str | None = None,
 ) -> np.ndarray:
@@ -67,18 +67,13 @@ def complete_batch(
     return np.asarray(out, np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "prosg_cfg"))
-def _derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths):
-    """The deltas (``None`` for ``none``/``repeat_prompt``) and the prompt tail."""
-    return derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
-
-
 @functools.partial(jax.jit, static_argnames=("model_cfg",))
 def _score_block(
     model_cfg,
     params,
     deltas,
     tail: prosg.PromptTail,
+    *,
     targets: jax.Array,  # int32[B, W]
     mask: jax.Array,  # float32[B, W]
 ):
@@ -200,7 +195,7 @@ def exact_match(run: Run, es: EvalSet, method: str, batch_size: int) -> np.ndarr
             es.prompts[padded],
             es.prompt_lengths[padded],
             es.contexts[padded],
-            es.context_lengths[padded],
+            context_lengths=es.context_lengths[padded],
             max_new_tokens=es.max_new_tokens,
             method=method,
         )
@@ -255,13 +250,13 @@ def teacher_forced(
             answer_weight=1.0,
         )
         with clock.phase("derive"):
-            deltas, tail = _derive(
+            deltas, tail = derive_compiled(
                 run.model_cfg,
                 run.params,
                 sg,
                 prosg_cfg,
-                arrays["prompts"],
-                arrays["prompt_lengths"],
+                prompts=arrays["prompts"],
+                prompt_lengths=arrays["prompt_lengths"],
             )
             jax.block_until_ready(deltas)
         out = []
@@ -273,8 +268,8 @@ def teacher_forced(
                     run.params,
                     deltas,
                     tail,
-                    arrays["targets"][:, cut],
-                    arrays["loss_mask"][:, cut],
+                    targets=arrays["targets"][:, cut],
+                    mask=arrays["loss_mask"][:, cut],
                 )
                 out.append(scored)
             out = [(np.asarray(n, np.float64), np.asarray(p)) for n, p in out]
@@ -294,7 +289,7 @@ def teacher_forced(
     return nll, count, hits, first
 
 
-def per_seed(es: EvalSet, hits, nll, count, n_seeds):
+def per_seed(es: EvalSet, hits, nll, count, *, n_seeds):
     """Per seed: exact match of every answer, of the facts only, and answer perplexity."""
     accs, fact_accs, ppls = [], [], []
     for k in range(n_seeds):

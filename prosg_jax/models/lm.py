@@ -286,7 +286,9 @@ def forward_core(
     for i, (p, s) in enumerate(zip(params["blocks"], state, strict=True)):
         if hooks.taps is not None:  # the residual stream the SG module reads
             hooks.taps[f"blocks.{i}.hidden"] = x
-        x, s, v_first = family.block(cfg, i, p, x, s, reset=reset, hooks=hooks, v_first=v_first)
+        x, s, v_first = family.block(
+            cfg, i, p, x, state=s, reset=reset, hooks=hooks, v_first=v_first
+        )
         new_state.append(s)
     x = layer_norm(x, params["ln_out"])
     # Accumulate and return the head in float32 even for bfloat16 activations:

@@ -153,7 +153,7 @@ def checkpoint_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]
     return out
 
 
-def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, hooks):
+def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, *, reset, name, hooks):
     sx = token_shift(x, state.att_x, reset)
     mk, mv, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kvr")
     k = dense(x * mk + sx * (1 - mk), p["key"]["weight"], f"{name}.key", hooks)
@@ -175,7 +175,7 @@ def _time_mix(cfg: RWKVConfig, p, x, state: LayerState, reset, name, hooks):
     return out, (x[:, -1].astype(jnp.float32), a, b, pp)
 
 
-def _channel_mix(p, x, prev, reset, name, hooks):
+def _channel_mix(p, x, prev, reset, *, name, hooks):
     sx = token_shift(x, prev, reset)
     mk, mr = (p[f"time_mix_{n}"].astype(x.dtype) for n in "kr")
     r = jax.nn.sigmoid(
@@ -193,8 +193,8 @@ def block(
     i: int,
     p: dict,
     x: Float[Array, "B T C"],
-    state: LayerState,
     *,
+    state: LayerState,
     reset: Bool[Array, "B T"] | None = None,
     hooks: TargetHooks = NO_HOOKS,
     v_first: None = None,
@@ -208,11 +208,11 @@ def block(
     """
     name = f"blocks.{i}"
     att, (att_x, a, b, pp) = _time_mix(
-        cfg, p["att"], layer_norm(x, p["ln1"]), state, reset, f"{name}.att", hooks
+        cfg, p["att"], layer_norm(x, p["ln1"]), state, reset=reset, name=f"{name}.att", hooks=hooks
     )
     x = x + att
     ffn, ffn_x = _channel_mix(
-        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, name=f"{name}.ffn", hooks=hooks
     )
     return x + ffn, LayerState(att_x, a, b, pp, ffn_x), v_first
 

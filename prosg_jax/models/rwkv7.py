@@ -198,7 +198,7 @@ def _lora(x, p, m):
     return (x @ p[f"{m}1"].astype(x.dtype)) @ p[f"{m}2"].astype(x.dtype)
 
 
-def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name, hooks):
+def _time_mix(cfg: RWKVConfig, i, p, x, *, state: LayerState, reset, v_first, name, hooks):
     bsz, t, c = x.shape
     h, n = cfg.n_head, cfg.head_size
     dt = x.dtype
@@ -242,7 +242,7 @@ def _time_mix(cfg: RWKVConfig, i, p, x, state: LayerState, reset, v_first, name,
     return out, x[:, -1].astype(jnp.float32), wkv, v_first
 
 
-def _channel_mix(p, x, prev, reset, name, hooks):
+def _channel_mix(p, x, prev, reset, *, name, hooks):
     xx = token_shift(x, prev, reset) - x
     k = x + xx * p["x_k"].astype(x.dtype)
     k = jnp.square(jax.nn.relu(dense(k, p["key"]["weight"], f"{name}.key", hooks)))
@@ -254,8 +254,8 @@ def block(
     i: int,
     p: dict,
     x: Float[Array, "B T C"],
-    state: LayerState,
     *,
+    state: LayerState,
     reset: Bool[Array, "B T"] | None = None,
     hooks: TargetHooks = NO_HOOKS,
     v_first: Float[Array, "B T C"] | None = None,
@@ -272,15 +272,15 @@ def block(
         i,
         p["att"],
         layer_norm(x, p["ln1"]),
-        state,
-        reset,
-        v_first,
-        f"{name}.att",
-        hooks,
+        state=state,
+        reset=reset,
+        v_first=v_first,
+        name=f"{name}.att",
+        hooks=hooks,
     )
     x = x + att
     ffn, ffn_x = _channel_mix(
-        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, f"{name}.ffn", hooks
+        p["ffn"], layer_norm(x, p["ln2"]), state.ffn_x, reset, name=f"{name}.ffn", hooks=hooks
     )
     return x + ffn, LayerState(att_x, wkv, ffn_x), v_first
 

@@ -49,6 +49,7 @@ def true_grad_deltas(
     params: dict,
     prosg_cfg: ProSGConfig,
     prompts: Int[Array, "B P"],
+    *,
     prompt_lengths: Int[Array, " B"],
 ) -> Deltas:
     """Test-time training: ``k`` SGD steps on each prompt's own next-token loss.
@@ -85,8 +86,8 @@ def true_grad_deltas(
             params,
             tokens,
             fresh,
-            names,
-            prompt_losses,
+            names=names,
+            example_losses=prompt_losses,
             deltas=deltas,
             positions=positions,
         )
@@ -111,6 +112,7 @@ def derive(
     params: dict,
     sg_params: dict | None,
     prosg_cfg: ProSGConfig,
+    *,
     prompts: Int[Array, "B P"],
     prompt_lengths: Int[Array, " B"],
 ) -> tuple[Deltas | None, PromptTail]:
@@ -122,10 +124,16 @@ def derive(
     if prosg_cfg.method in ("none", "repeat_prompt"):
         return None, prompt_tail(model_cfg, params, prompts, lengths)
     if prosg_cfg.method == "prosg":
-        states = prompt_states(model_cfg, params, prompts, lengths, prosg_cfg.targets(model_cfg))
+        states = prompt_states(
+            model_cfg, params, prompts, lengths, targets=prosg_cfg.targets(model_cfg)
+        )
         return synthetic_deltas(model_cfg, sg_params, prosg_cfg, states), states.tail
-    deltas = true_grad_deltas(model_cfg, params, prosg_cfg, prompts, lengths)
+    deltas = true_grad_deltas(model_cfg, params, prosg_cfg, prompts, prompt_lengths=lengths)
     return deltas, prompt_tail(model_cfg, params, prompts, lengths)
+
+
+#: :func:`derive` compiled once per model and ProSG config (its static arguments).
+derive_compiled = jax.jit(derive, static_argnames=("model_cfg", "prosg_cfg"))
 
 
 def derive_deltas(
@@ -133,6 +141,7 @@ def derive_deltas(
     params: dict,
     sg_params: dict | None,
     prosg_cfg: ProSGConfig,
+    *,
     prompts,
     prompt_lengths=None,
 ) -> tuple[Deltas | None, PromptTail]:
@@ -162,4 +171,6 @@ def derive_deltas(
     else:
         check_right_padded(model_cfg, prompts, prompt_lengths)
     check_sg_params(model_cfg, prosg_cfg, sg_params)
-    return derive(model_cfg, params, sg_params, prosg_cfg, prompts, prompt_lengths)
+    return derive(
+        model_cfg, params, sg_params, prosg_cfg, prompts=prompts, prompt_lengths=prompt_lengths
+    )

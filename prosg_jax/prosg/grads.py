@@ -67,9 +67,9 @@ def factored_grads(
     params: dict,
     tokens: Int[Array, "B T"],
     state: State,
+    *,
     names: tuple[str, ...],
     example_losses: Callable[[Float[Array, "B T V"]], Float[Array, " B"]],
-    *,
     deltas: Deltas | None = None,
     positions: Int[Array, "B T"] | None = None,
 ) -> dict[str, Factored]:

@@ -84,6 +84,7 @@ def sg_match_loss(
     params: dict,
     prosg_cfg: ProSGConfig,
     deltas: Deltas,
+    *,
     tail: PromptTail,
     batch: Batch,
 ) -> Float[Array, ""]:
@@ -108,8 +109,8 @@ def sg_match_loss(
         jax.lax.stop_gradient(params),
         inputs,
         jax.lax.stop_gradient(tail.state),
-        names,
-        losses,
+        names=names,
+        example_losses=losses,
         deltas=jax.lax.stop_gradient(deltas),
         positions=positions,
     )
@@ -151,8 +152,8 @@ def continuation_logits(
     params: dict,
     sg_params: dict | None,
     prosg_cfg: ProSGConfig,
-    batch: Batch,
     *,
+    batch: Batch,
     forget: Bool[Array, " B"] | None = None,
 ) -> tuple[Float[Array, "B K V"], Deltas | None, PromptTail]:
     """Logits for ``batch.targets`` (the replay, then teacher forcing), the deltas and the tail.
@@ -163,7 +164,12 @@ def continuation_logits(
     the state.
     """
     deltas, tail = derive(
-        model_cfg, params, sg_params, prosg_cfg, batch.prompts, batch.prompt_lengths
+        model_cfg,
+        params,
+        sg_params,
+        prosg_cfg,
+        prompts=batch.prompts,
+        prompt_lengths=batch.prompt_lengths,
     )
     if forget is not None:
         if np.shape(forget) != np.shape(batch.prompt_lengths):
@@ -183,8 +189,8 @@ def continuation_loss(
     params: dict,
     sg_params: dict | None,
     prosg_cfg: ProSGConfig,
-    batch: Batch,
     *,
+    batch: Batch,
     forget: Bool[Array, " B"] | None = None,
     answer_mask: Float[Array, "B K"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
@@ -206,12 +212,12 @@ def continuation_loss(
     if not prosg_cfg.train_base:
         params = jax.lax.stop_gradient(params)
     logits, deltas, tail = continuation_logits(
-        model_cfg, params, sg_params, prosg_cfg, batch, forget=forget
+        model_cfg, params, sg_params, prosg_cfg, batch=batch, forget=forget
     )
     ce = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
     match = jnp.zeros(())
     if prosg_cfg.sg_match_weight > 0 and prosg_cfg.method == "prosg":
-        match = sg_match_loss(model_cfg, params, prosg_cfg, deltas, tail, batch)
+        match = sg_match_loss(model_cfg, params, prosg_cfg, deltas, tail=tail, batch=batch)
     metrics = {"ce": ce, "sg_match": match}
     if answer_mask is not None:
         metrics.update(answer_counts(logits, batch.targets, answer_mask))

@@ -211,7 +211,7 @@ def join_rows(
 
 
 def _read_all_but_last(
-    cfg: RWKVConfig, params: dict, tokens, positions, lengths, capture: bool
+    cfg: RWKVConfig, params: dict, tokens, positions, *, lengths, capture: bool
 ) -> tuple[PromptTail, dict[str, Array]]:
     batch, width = tokens.shape
     state, taps = init_state(cfg, batch), {}
@@ -228,7 +228,7 @@ def prompt_tail(
     """Reads each right-padded prompt but its last token with the base model (unchecked)."""
     lengths = jnp.asarray(prompt_lengths, jnp.int32)
     tokens, positions, _ = left_align(jnp.asarray(prompts, jnp.int32), lengths)
-    return _read_all_but_last(cfg, params, tokens, positions, lengths, capture=False)[0]
+    return _read_all_but_last(cfg, params, tokens, positions, lengths=lengths, capture=False)[0]
 
 
 def prompt_states(
@@ -236,6 +236,7 @@ def prompt_states(
     params: dict,
     prompts: Int[Array, "B P"],
     prompt_lengths: Int[Array, " B"],
+    *,
     targets: tuple[str, ...],
 ) -> PromptStates:
     """One base-model pass over the right-padded prompts, keeping what ProSG reads.
@@ -247,7 +248,7 @@ def prompt_states(
     check_right_padded(cfg, prompts, prompt_lengths)
     lengths = jnp.asarray(prompt_lengths, jnp.int32)
     tokens, positions, mask = left_align(jnp.asarray(prompts, jnp.int32), lengths)
-    tail, head = _read_all_but_last(cfg, params, tokens, positions, lengths, capture=True)
+    tail, head = _read_all_but_last(cfg, params, tokens, positions, lengths=lengths, capture=True)
     _, final, last = forward_core(
         cfg, params, tail.token[:, None], tail.state, positions=tail.position[:, None], capture=True
     )

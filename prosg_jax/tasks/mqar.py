@@ -27,7 +27,7 @@ def encode(record: dict, tokenizer) -> dict:
     offset = int(np.flatnonzero(record["loss_mask"])[0]) - int(queries.min())
     n = (offset + 1) * len(record["values"])
     starts = queries + offset
-    return split_tokenized(record, n, starts, starts + 1, np.ones(len(starts), bool))
+    return split_tokenized(record, n, starts, starts + 1, is_fact=np.ones(len(starts), bool))
 
 
 TASK = register(

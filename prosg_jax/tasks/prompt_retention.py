@@ -33,7 +33,7 @@ def encode(record: dict, tokenizer) -> dict:
             len(prompt_text.encode("utf-8")),
             np.asarray(record["answers"]["start"], np.int32),
             np.asarray(record["answers"]["end"], np.int32),
-            is_fact,
+            is_fact=is_fact,
         )
     # Re-encode piece by piece: distractor, then queries split around each answer.
     queries = _text(record["queries"])

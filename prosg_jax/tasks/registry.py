@@ -159,7 +159,7 @@ def parse_dataset(name: str) -> DatasetSpec:
     return DatasetSpec(name=full, task=task, config=config)
 
 
-def split_tokenized(record, n: int, starts, ends, is_fact) -> dict:
+def split_tokenized(record, n: int, starts, ends, *, is_fact) -> dict:
     """A stored-token record cut after its ``n`` prompt tokens (spans shifted into ``cont``)."""
     tokens = np.asarray(record["tokens"], np.int32)
     return {

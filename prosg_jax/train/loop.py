@@ -8,6 +8,7 @@ import json
 import math
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ from prosg_jax.train import checkpointing, optim
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.metrics import MetricsWriter
-from prosg_jax.train.steps import TrainState, make_step_fns
+from prosg_jax.train.steps import TrainState, make_train_step
 
 # Batch fields that go to the devices (the rest are host-side counts).
 _DEVICE_KEYS = {
@@ -173,7 +174,7 @@ class _Compiled:
     state_sh: object
     frozen_sh: object
     init: object
-    fns: object
+    train_step: Callable
 
 
 @functools.lru_cache(maxsize=8)
@@ -200,14 +201,14 @@ def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, *, stage_key, mesh, 
         frozen_sh = jax.tree.unflatten(
             frozen[0], [mesh_lib.leaf_sharding(mesh, s) for s, _ in frozen[1]]
         )
-    fns = make_step_fns(
+    train_step = make_train_step(
         stage,
         model_cfg,
         prosg_cfg,
         optimizer,
-        mesh,
-        state_sh,
-        frozen_sh,
+        mesh=mesh,
+        state_shardings=state_sh,
+        frozen_shardings=frozen_sh,
         forget_frac=train_cfg.forget_frac,
     )
     return _Compiled(
@@ -217,7 +218,7 @@ def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, *, stage_key, mesh, 
         state_sh=state_sh,
         frozen_sh=frozen_sh,
         init=jax.jit(init, out_shardings=state_sh),
-        fns=fns,
+        train_step=train_step,
     )
 
 
@@ -284,7 +285,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         frozen=_signature(frozen),
     )
     lr_fn, shapes = compiled.lr_fn, compiled.shapes
-    state_sh, frozen_sh, fns = compiled.state_sh, compiled.frozen_sh, compiled.fns
+    state_sh, frozen_sh = compiled.state_sh, compiled.frozen_sh
     state = compiled.init(trainable)
     frozen = None if frozen is None else jax.device_put(frozen, frozen_sh)
 
@@ -319,7 +320,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
             batch = mesh_lib.put_batch(mesh, {k: local[k] for k in keys})
             done = step + 1
             log = done % config.train.log_every == 0 or done == steps
-            state, metrics = fns.train_step(state, frozen, batch)
+            state, metrics = compiled.train_step(state, frozen, batch)
             # One transfer per step for the scalars every step needs (it waits for the step).
             scalars = jax.device_get(
                 {k: metrics[k] for k in ("loss", "answer_correct", "answer_count")}

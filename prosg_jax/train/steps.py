@@ -10,8 +10,8 @@ Axis legend: ``B`` batch, ``T`` packed row length, ``P`` prompt, ``K`` continuat
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -83,9 +83,9 @@ def loss_fn(
     model_cfg: RWKVConfig,
     prosg_cfg: ProSGConfig,
     trainable,
+    *,
     frozen,
     batch,
-    *,
     forget_frac: float = 0.0,
 ):
     """``(loss, metrics)`` of one batch for ``stage``.
@@ -101,39 +101,33 @@ def loss_fn(
         compute_params(model_cfg, base),
         sg,
         prosg_cfg,
-        to_batch(batch),
+        batch=to_batch(batch),
         forget=forget_rows(batch["targets"].shape[0], forget_frac),
         answer_mask=batch["answer_mask"],
     )
     return loss, aux
 
 
-@dataclasses.dataclass(frozen=True)
-class StepFns:
-    """The jitted functions of one stage."""
-
-    train_step: callable
-
-
-def make_step_fns(
+def make_train_step(
     stage: str,
     model_cfg: RWKVConfig,
     prosg_cfg: ProSGConfig,
     optimizer: optax.GradientTransformation,
+    *,
     mesh,
     state_shardings,
     frozen_shardings,
-    *,
     forget_frac: float = 0.0,
-) -> StepFns:
-    """Jits the train step with explicit shardings; the state is donated."""
+) -> Callable[..., tuple[TrainState, dict]]:
+    """The stage's jitted ``train_step(state, frozen, batch) -> (state, metrics)``,
+    with explicit shardings; the state is donated."""
 
     def train_step(state: TrainState, frozen, batch):
         grad_fn = jax.value_and_grad(
             functools.partial(loss_fn, stage, model_cfg, prosg_cfg, forget_frac=forget_frac),
             has_aux=True,
         )
-        (loss, metrics), grads = grad_fn(state.params, frozen, batch)
+        (loss, metrics), grads = grad_fn(state.params, frozen=frozen, batch=batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
@@ -148,4 +142,4 @@ def make_step_fns(
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
     )
-    return StepFns(train_step=step)
+    return step
