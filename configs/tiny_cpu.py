@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.prosg.sg_match_weight = 0.0  # weight of the synthetic-gradient matching loss
     config.prosg.sg_lookahead = True  # δ̂_t also reads h_{t+1}: the token a true gradient targets
     config.prosg.sg_match_lr = 1.0  # step size turning the true gradient into a target update
+    config.prosg.segment_len = (
+        0  # > 0: one delta per segment of this many tokens, summed (sessions)
+    )
 
     # Training data (generated locally into data_dir, deterministic, built once).
     config.data = ml_collections.ConfigDict()

@@ -228,6 +228,12 @@ class ProSGConfig:
         ``h_{t+1}``. A true gradient's error at ``t`` depends on the token
         that follows ``t``; the whole prompt is known when the deltas are
         derived, so the SG module may read it too.
+      segment_len: ``prosg`` only: when > 0, each prompt is cut into segments
+        of this many tokens, each segment's deltas are derived from the
+        segment alone (a fresh state) and the deltas are summed — what a
+        :class:`~prosg_jax.Session` remembers when each segment is a turn, so
+        training with it trains the SG module for sessions. 0: one derivation
+        from the whole prompt.
     """
 
     method: str = "prosg"
@@ -245,6 +251,7 @@ class ProSGConfig:
     sg_match_lr: float = 1.0
     train_base: bool = False
     sg_lookahead: bool = False
+    segment_len: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -255,6 +262,10 @@ class ProSGConfig:
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
                 raise ValueError(f"ProSGConfig.{name} must be a positive int, got {value!r}")
+        if not is_int(self.segment_len) or self.segment_len < 0:
+            raise ValueError(
+                f"ProSGConfig.segment_len must be an int >= 0, got {self.segment_len!r}"
+            )
         if not is_int(self.sketch_seed):
             raise ValueError(f"ProSGConfig.sketch_seed must be an int, got {self.sketch_seed!r}")
         for name in ("true_grad_lr", "sg_match_weight", "sg_match_lr"):

@@ -163,6 +163,7 @@ RULES: dict[str, Rule] = {
     "prosg.true_grad_lr": real(-math.inf),
     "prosg.sg_match_weight": real(0),
     "prosg.sg_lookahead": boolean,
+    "prosg.segment_len": integer(0),
     "prosg.sg_match_lr": real(-math.inf),
     "data.data_dir": text,
     "data.train_mixture": text,

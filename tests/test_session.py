@@ -214,6 +214,22 @@ def test_text_turns_and_a_plain_session(run):
     np.testing.assert_allclose(session.last_logits, logits[:, -1], atol=1e-5, rtol=0)
 
 
+def test_segment_len_derives_what_a_session_remembers(run):
+    second = [40, 41, 42, 43, 44]
+    pc = PC.replace(segment_len=len(PROMPT))  # one segment per 5-token turn
+    deltas, _ = prosg.derive_deltas(
+        CFG, run.params, run.sg_params, pc, prompts=[PROMPT + second, PROMPT]
+    )
+    assert {d.u.shape[-1] for d in deltas.values()} == {2 * PC.rank}
+    both = pj.Session.start(run).feed([PROMPT]).feed([second])
+    first = pj.Session.start(run).feed([PROMPT])
+    for b, session in enumerate((both, first)):  # row 1's second segment is empty
+        for name, dense in _dense(session.deltas).items():
+            np.testing.assert_allclose(_dense(deltas, b)[name], dense, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="segment_len must be an int >= 0"):
+        PC.replace(segment_len=-1)
+
+
 # --------------------------------------------------------------------------- bake
 
 

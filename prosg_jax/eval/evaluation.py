@@ -103,6 +103,7 @@ RUN_PROSG_FIELDS = (
     "power_iters",
     "sketch_seed",
     "sg_lookahead",
+    "segment_len",
 )
 # Evaluation-time choices, applied from the config and recorded in results.json: the
 # true_grad ablation's settings (the rows choose the methods) and, in config.model,

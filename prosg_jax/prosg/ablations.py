@@ -107,6 +107,50 @@ def true_grad_deltas(
     return out
 
 
+def segment_deltas(
+    model_cfg: RWKVConfig,
+    params: dict,
+    sg_params: dict,
+    prosg_cfg: ProSGConfig,
+    *,
+    prompts: Int[Array, "B P"],
+    prompt_lengths: Int[Array, " B"],
+) -> Deltas:
+    """SG deltas of each ``segment_len``-token segment of the prompts, summed.
+
+    Each segment is read alone from a fresh state, as a session derives a
+    turn; the sum is the concatenation of the segments' factors (rank
+    ``segments × r``), which is what :func:`prosg_jax.lowrank.add` keeps
+    within a session's budget. Segments past a prompt's end add nothing.
+    """
+    width = prosg_cfg.segment_len
+    batch, p = prompts.shape
+    n = -(-p // width)
+    segments = jnp.pad(prompts, ((0, 0), (0, n * width - p))).reshape(batch * n, width)
+    lengths = jnp.clip(prompt_lengths[:, None] - jnp.arange(n) * width, 0, width).reshape(-1)
+    states = prompt_states(
+        model_cfg,
+        params,
+        segments,
+        jnp.maximum(lengths, 1),  # an empty segment is read as one pad, then dropped
+        targets=prosg_cfg.targets(model_cfg),
+    )
+    real = (lengths > 0).astype(jnp.float32)[:, None, None]
+    out = {}
+    for name, d in synthetic_deltas(model_cfg, sg_params, prosg_cfg, states).items():
+        u, v = d.u * real, d.v
+
+        def by_row(x):  # [B*n, M, r] -> [B, M, n*r], each row's segments side by side
+            return (
+                x.reshape(batch, n, *x.shape[1:])
+                .transpose(0, 2, 1, 3)
+                .reshape(batch, x.shape[1], n * x.shape[2])
+            )
+
+        out[name] = LowRankDelta(u=by_row(u), v=by_row(v), scale=d.scale)
+    return out
+
+
 def derive(
     model_cfg: RWKVConfig,
     params: dict,
@@ -123,6 +167,11 @@ def derive(
         prompts, lengths = repeat_prompts(prompts, lengths)
     if prosg_cfg.method in ("none", "repeat_prompt"):
         return None, prompt_tail(model_cfg, params, prompts, lengths)
+    if prosg_cfg.method == "prosg" and prosg_cfg.segment_len:
+        deltas = segment_deltas(
+            model_cfg, params, sg_params, prosg_cfg, prompts=prompts, prompt_lengths=lengths
+        )
+        return deltas, prompt_tail(model_cfg, params, prompts, lengths)
     if prosg_cfg.method == "prosg":
         states = prompt_states(
             model_cfg, params, prompts, lengths, targets=prosg_cfg.targets(model_cfg)
