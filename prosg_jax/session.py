@@ -43,6 +43,7 @@ from prosg_jax.decode import SamplingState, stop_matrix
 from prosg_jax.models.layers import Deltas
 from prosg_jax.models.lm import State, forward_core, init_state
 from prosg_jax.prosg.ablations import derive_compiled
+from prosg_jax.prosg.states import is_ragged, right_padded
 from prosg_jax.run import Run
 from prosg_jax.sampling import Generation, bucket, decode_chunk, prefill
 
@@ -317,26 +318,28 @@ class Session:
         if isinstance(turn, str):
             turn = [turn]
         if isinstance(turn, list | tuple) and turn and all(isinstance(t, str) for t in turn):
-            turn = [np.asarray(tok.encode(t), np.int32) for t in turn]
-        if isinstance(turn, list | tuple):
-            lengths = {len(r) for r in turn}
-            if len(lengths) > 1:
+            turn = [tok.encode(t) for t in turn]
+        if is_ragged(turn):
+            ids, lengths = right_padded(self.run.model_cfg, list(turn), what="turn")
+        else:
+            ids = np.asarray(turn)
+            if ids.ndim != 2:
                 raise ValueError(
-                    f"the rows of a turn must have equal lengths, got {sorted(lengths)}: "
-                    "feed rows of other lengths as separate sessions"
+                    f"a turn must be text, id lists or an int [B, L] array, got shape {ids.shape}"
                 )
-            turn = np.asarray(turn)
-        ids = np.asarray(turn)
-        if ids.ndim != 2 or ids.shape[0] != self.batch or ids.shape[1] < 1:
-            raise ValueError(
-                f"a turn must be {self.batch} row(s) of at least one token, got shape {ids.shape}"
+            lengths = np.full((ids.shape[0],), ids.shape[1], np.int32)
+            ids, lengths = right_padded(
+                self.run.model_cfg, ids, lengths, what="turn", lengths_name="turn lengths"
             )
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
-        vocab = self.run.model_cfg.vocab_size
-        if ids.min() < 0 or ids.max() >= vocab:
-            raise ValueError(f"token ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
-        return ids.astype(np.int32)
+        if len(set(lengths.tolist())) > 1:
+            # One position per session row: rows of a turn advance together.
+            raise ValueError(
+                f"the rows of a turn must have equal lengths, got {sorted(set(lengths.tolist()))}: "
+                "feed rows of other lengths as separate sessions"
+            )
+        if ids.shape[0] != self.batch:
+            raise ValueError(f"a turn must have {self.batch} row(s), got {ids.shape[0]}")
+        return ids
 
     def _read_ids(self, tokens: np.ndarray, deltas: Deltas | None):
         """Reads ``tokens`` from this session's state in pieces of power-of-two

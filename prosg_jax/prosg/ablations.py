@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Int
+from jaxtyping import Array, Float, Int
 
 from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.lowrank import LowRankDelta, truncate_factored
@@ -107,6 +107,12 @@ def true_grad_deltas(
     return out
 
 
+def _segments_side_by_side(x: Float[Array, "BN M r"], batch: int) -> Float[Array, "B M Nr"]:
+    """``[B*n, M, r]`` factors of each row's ``n`` segments → ``[B, M, n*r]``, side by side."""
+    n = x.shape[0] // batch
+    return x.reshape(batch, n, *x.shape[1:]).transpose(0, 2, 1, 3).reshape(batch, x.shape[1], -1)
+
+
 def segment_deltas(
     model_cfg: RWKVConfig,
     params: dict,
@@ -138,16 +144,10 @@ def segment_deltas(
     real = (lengths > 0).astype(jnp.float32)[:, None, None]
     out = {}
     for name, d in synthetic_deltas(model_cfg, sg_params, prosg_cfg, states).items():
-        u, v = d.u * real, d.v
-
-        def by_row(x):  # [B*n, M, r] -> [B, M, n*r], each row's segments side by side
-            return (
-                x.reshape(batch, n, *x.shape[1:])
-                .transpose(0, 2, 1, 3)
-                .reshape(batch, x.shape[1], n * x.shape[2])
-            )
-
-        out[name] = LowRankDelta(u=by_row(u), v=by_row(v), scale=d.scale)
+        u = d.u * real
+        out[name] = LowRankDelta(
+            u=_segments_side_by_side(u, batch), v=_segments_side_by_side(d.v, batch), scale=d.scale
+        )
     return out
 
 
