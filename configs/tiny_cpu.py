@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     # A base model to start from (.pth/.safetensors in the official layout, e.g. a
     # shipped pretrained/*.safetensors); "" trains the base from scratch.
     config.init_from = "pretrained/tiny_rwkv7_mqar_base.safetensors"  # its .json: how it was made
+    # SG params to start from (a run directory or a prosg.safetensors): the ProSG stages
+    # train on from them, and eval.py without a workdir run evaluates them on init_from.
+    # "" = a fresh SG module.
+    config.sg_from = ""
     config.distributed = False  # call jax.distributed.initialize() (multi-host runs)
 
     # Device mesh: batches are split over data*fsdp devices, params over fsdp.
@@ -138,5 +142,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.num_examples = 8  # examples per distance and seed
     config.eval.seeds = "0,1,2"  # seed s scores examples [s*n, (s+1)*n) of the split
     config.eval.batch_size = 32  # rows per jitted generation batch
-    config.eval.sg_checkpoint = ""  # with init_from: the SG params (a workdir or prosg file)
     return config

@@ -139,6 +139,7 @@ RULES: dict[str, Rule] = {
     "seed": integer(0, 2**31 - 1),
     "tokenizer": choice(*TOKENIZER_NAMES),
     "init_from": text,  # a path or ""; it is checked where it is read
+    "sg_from": text,  # a run directory, a prosg.safetensors or ""; checked where it is read
     "distributed": boolean,
     "mesh.data": integer(1, also=(-1,)),
     "mesh.fsdp": integer(1, also=(-1,)),
@@ -200,7 +201,6 @@ RULES: dict[str, Rule] = {
     "eval.num_examples": integer(1),
     "eval.seeds": int_list(0, allow_empty=False),
     "eval.batch_size": integer(1),
-    "eval.sg_checkpoint": text,
 }
 
 

@@ -20,6 +20,8 @@ from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.config_check import check_config
 from prosg_jax.errors import UserError
 from prosg_jax.models import model_family
+from prosg_jax.prosg.sg import check_sg_params
+from prosg_jax.run import load_sg_params
 from prosg_jax.tasks import datasets
 
 
@@ -85,6 +87,22 @@ def prosg_config(config: ml_collections.ConfigDict, *, train_base: bool = False)
         return ProSGConfig.from_dict({**config.prosg.to_dict(), "train_base": train_base})
     except (TypeError, ValueError) as e:
         raise UserError(f"config.prosg: {e}") from e
+
+
+def sg_from(config: ml_collections.ConfigDict, model_cfg: RWKVConfig) -> dict | None:
+    """The SG parameters ``config.sg_from`` names (a run directory or a ``prosg.safetensors``),
+    checked against ``config.prosg`` and the model; None when it is empty."""
+    if not config.sg_from:
+        return None
+    try:
+        params = load_sg_params(config.sg_from)
+    except FileNotFoundError as e:
+        raise UserError(f"config.sg_from: {e}") from None
+    try:
+        check_sg_params(model_cfg, prosg_config(config).replace(method="prosg"), params)
+    except ValueError as e:
+        raise UserError(f"config.sg_from={config.sg_from}: {e}") from e
+    return params
 
 
 def stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:

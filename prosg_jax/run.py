@@ -129,11 +129,13 @@ def save_sg_params(path: str | Path, sg_params: dict) -> Path:
 
 
 def load_sg_params(path: str | Path) -> dict:
-    """Reads :func:`save_sg_params`' file back into the nested float32 pytree."""
+    """Reads :func:`save_sg_params`' file (or a run directory's) into the nested float32 pytree."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = Path(path)
+    if path.is_dir():
+        path = path / SG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"SG checkpoint not found: {path}")
     try:
@@ -166,6 +168,7 @@ def run_info(
     stages,
     *,
     init_from: str | None = None,
+    sg_from: str | None = None,
     environment: dict | None = None,
 ) -> dict:
     """The ``run.json`` contents.
@@ -177,6 +180,8 @@ def run_info(
       stages: the training stages done so far.
       init_from: the base checkpoint the run started from (``config.init_from``,
         "" for none), stored under ``"init_from"``; omitted when None.
+      sg_from: the SG params the run started from (``config.sg_from``), stored
+        under ``"sg_from"`` when set; omitted when None or "".
       environment: :func:`prosg_jax.provenance.environment` of the writing
         process, stored under ``"environment"``; omitted when None. Readers
         never require it (run.json files written before it existed lack it).
@@ -189,6 +194,8 @@ def run_info(
     }
     if init_from is not None:
         info["init_from"] = init_from
+    if sg_from:
+        info["sg_from"] = sg_from
     if environment is not None:
         info["environment"] = environment
     return info

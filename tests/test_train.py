@@ -87,6 +87,46 @@ def test_prosg_on_a_frozen_init_from_base(trained_run, tmp_path):
     assert run.sg_params is not None
 
 
+def test_sg_from_starts_the_sg_module_from_a_run(trained_run, tmp_path):
+    workdir, params = trained_run
+    config = tiny_config(joint=0)
+    config.train.stages = "joint"
+    config.init_from = str(workdir / "base.safetensors")
+    config.sg_from = str(workdir)  # a run directory; its prosg.safetensors is read
+    trainer.train(config, tmp_path)
+    run = pj.load_run(tmp_path)
+    _leaves_equal(run.sg_params, params.sg)  # 0 steps: the export is what was read
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["sg_from"] == str(workdir)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rank": 8}, "config.sg_from=.*shape"),
+        ({"matrices": "att.key"}, "config.sg_from=.*target"),
+    ],
+)
+def test_sg_from_built_for_another_config_is_refused(trained_run, tmp_path, change, message):
+    workdir, _ = trained_run
+    config = tiny_config(prosg=1)
+    config.train.stages = "prosg"
+    config.init_from = str(workdir / "base.safetensors")
+    config.sg_from = str(workdir / "prosg.safetensors")
+    for k, v in change.items():
+        config.prosg[k] = v
+    with pytest.raises(UserError, match=message):
+        trainer.train(config, tmp_path)
+
+
+def test_sg_from_missing_is_one_line(tmp_path):
+    config = tiny_config(prosg=1)
+    config.train.stages = "prosg"
+    config.sg_from = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="config.sg_from: SG checkpoint not found"):
+        trainer.train(config, tmp_path / "w")
+
+
 def test_base_loss_falls(tmp_path):
     config = tiny_config(base=30)
     config.train.stages = "base"

@@ -74,15 +74,7 @@ from prosg_jax.eval.scoring import (
     std,
     teacher_forced,
 )
-from prosg_jax.run import (
-    SG_FILE,
-    Run,
-    check_workdir,
-    load_run,
-    load_sg_params,
-    read_run_info,
-    write_json,
-)
+from prosg_jax.run import Run, check_workdir, load_run, read_run_info, write_json
 from prosg_jax.tasks import datasets
 
 RESULTS_JSON = "results.json"
@@ -145,7 +137,7 @@ def _apply_eval_choices(config: ml_collections.ConfigDict, run: Run, where: str)
 
 
 def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
-    """The workdir's run, or ``config.init_from`` plus ``config.eval.sg_checkpoint``."""
+    """The workdir's run, or ``config.init_from`` plus ``config.sg_from``."""
     want = experiment.model_config(config)
     if read_run_info(workdir) is not None:
         run = load_run(workdir)
@@ -154,15 +146,12 @@ def _load_for_eval(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     if not config.init_from:
         raise UserError(
             f"no trained run in {workdir}: run train.py with this --workdir, or set "
-            "config.init_from (and config.eval.sg_checkpoint)"
+            "config.init_from (and config.sg_from)"
         )
     cfg, params = load_rwkv(config.init_from, dtype=jnp.dtype(config.model.dtype))
     experiment.check_same_shape(want, cfg, config.init_from)
     cfg = cfg.replace(wkv_impl=config.model.wkv_impl)
-    sg_params = None
-    if config.eval.sg_checkpoint:
-        path = Path(config.eval.sg_checkpoint)
-        sg_params = load_sg_params(path / SG_FILE if path.is_dir() else path)
+    sg_params = experiment.sg_from(config, cfg)
     from prosg_jax.data.tokenizers import get_tokenizer
 
     return Run(
@@ -278,7 +267,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if any(r.method == "prosg" for r in rows) and run.sg_params is None:
         raise UserError(
             "method 'prosg' needs a trained SG module: run the prosg stage, set "
-            "config.eval.sg_checkpoint, or drop it from config.eval.methods"
+            "config.sg_from, or drop it from config.eval.methods"
         )
     if any(r.model == INIT_MODEL for r in rows):
         _check_init_from(config.init_from, read_run_info(workdir), workdir)

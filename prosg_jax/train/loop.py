@@ -138,6 +138,7 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
         ctx.config.tokenizer,
         done,
         init_from=ctx.config.init_from,
+        sg_from=ctx.config.sg_from,
         environment=provenance.environment(),
     )
     write_json(ctx.workdir / RUN_FILE, info)

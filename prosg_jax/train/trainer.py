@@ -116,6 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
     if config.distributed:
         start_distributed()
     _check_workdir_model(workdir, exp)
+    sg = experiment.sg_from(config, exp.model)  # checked before any dataset is built
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     tokenizer = get_tokenizer(config.tokenizer)  # fits the vocabulary: check_config
     directory = datasets.data_dir(config, workdir)
@@ -143,7 +144,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Para
             stop=stop,
             stages_done=[],
         )
-        params = Params(base=initial_base(config, workdir, exp, exp.stages[0]), sg=None)
+        params = Params(
+            base=initial_base(config, workdir, exp, exp.stages[0]),
+            sg=None if sg is None else host_params(sg),
+        )
         for stage in exp.stages:
             params = run_stage(ctx, stage, params)
             ctx.stages_done.append(stage)
