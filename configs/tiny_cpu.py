@@ -42,12 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Model shape, turned once into a frozen prosg_jax.RWKVConfig. With init_from set,
     # every field must agree with the checkpoint (it is checked before any step).
     config.model = ml_collections.ConfigDict()
-    config.model.version = 7  # RWKV version: 4 or 7
+    config.model.version = 7  # model family: 4 or 7 (RWKV), or "mamba2"
     config.model.vocab_size = 258  # the byte tokenizer's vocabulary
     config.model.d_model = 64  # residual width C
     config.model.n_layer = 2  # number of blocks L
     config.model.head_size = 32  # RWKV-7 head size N (C = H * N): 2 heads
-    config.model.d_ffn = 0  # FFN width; 0 = 4 * d_model
+    config.model.d_ffn = 0  # FFN width; 0 = 4 * d_model (Mamba-2: inner width, 0 = 2 * d_model)
+    # Mamba-2 only (RWKV refuses other values): SSM state size N, B/C groups, conv width.
+    config.model.d_state = 0
+    config.model.n_groups = 1
+    config.model.d_conv = 4
     config.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 master weights
     config.model.wkv_impl = "auto"  # time recurrence: auto (fastest here) | scan | chunked
 

@@ -12,6 +12,7 @@ prosg_jax[torch]``) needed only for that format.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +24,6 @@ from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, families
 from prosg_jax.models.layers import RWKV5_6_KEYS
 from prosg_jax.models.lm import all_finite, check_params, check_state, model_family
-
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 class CheckpointError(ValueError):
@@ -87,6 +86,41 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+# The safetensors header key under which save_rwkv records the model's shape fields.
+META_KEY = "prosg_jax.model"
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """What a checkpoint says of its model beyond tensor shapes: the shape fields
+    :func:`save_rwkv` records in a safetensors header, else a ``config.json``
+    beside the file (a ``transformers`` model directory); ``{}`` when neither."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                header = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        if META_KEY in header:
+            return _json_object(header[META_KEY], f"{path}'s {META_KEY} header")
+    sidecar = path.with_name("config.json")
+    if sidecar.is_file():
+        return _json_object(sidecar.read_text(), str(sidecar))
+    return {}
+
+
+def _json_object(text: str, where: str) -> dict:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
     """All tensors of a ``.pth`` or ``.safetensors`` file as float32 numpy arrays."""
     path = Path(path)
@@ -123,32 +157,41 @@ def _shape(tensors: Mapping[str, np.ndarray], key: str, axis: int) -> int:
     return int(shape[axis])
 
 
-def config_from_tensors(tensors: Mapping[str, np.ndarray], dtype: str) -> RWKVConfig:
-    """The :class:`RWKVConfig` implied by a state dict's key names and shapes."""
+def config_from_tensors(
+    tensors: Mapping[str, np.ndarray], dtype: str, meta: Mapping | None = None
+) -> RWKVConfig:
+    """The :class:`RWKVConfig` implied by a state dict's key names and shapes
+    (under canonical names: :func:`_canonical_tensors`) and by ``meta``
+    (:func:`read_model_meta`), for the fields shapes cannot tell."""
     family = detect_family(tensors)
-    layers = {int(m.group(1)) for k in tensors if (m := _BLOCK_RE.match(k))}
+    block_re = re.compile(rf"^{re.escape(family.layer_prefix)}\.(\d+)\.")
+    layers = {int(m.group(1)) for k in tensors if (m := block_re.match(k))}
     if not layers:
-        raise CheckpointError("checkpoint has no 'blocks.<i>.' tensors")
+        raise CheckpointError(f"checkpoint has no '{family.layer_prefix}.<i>.' tensors")
     if layers != set(range(len(layers))):
         # Checked before any layout is built: one stray "blocks.100000." key
         # must not make us enumerate a hundred thousand missing layers.
         gap = min(set(range(max(layers) + 1)) - layers)
-        stray = sorted(k for k in tensors if k.startswith(f"blocks.{max(layers)}."))[:1]
+        prefix = f"{family.layer_prefix}.{max(layers)}."
+        stray = sorted(k for k in tensors if k.startswith(prefix))[:1]
         raise CheckpointError(
             f"block indices are not contiguous from 0: no block {gap}, yet {stray[0]!r} exists"
         )
-    common = dict(
-        vocab_size=_shape(tensors, "emb.weight", 0),
-        d_model=_shape(tensors, "emb.weight", 1),
-        n_layer=max(layers) + 1,
-        d_ffn=_shape(tensors, "blocks.0.ffn.key.weight", 0),
-        dtype=dtype,
-    )
-    extra = family.config_fields(tensors, lambda key, axis: _shape(tensors, key, axis), common)
+    n_layer = max(layers) + 1
     try:
-        return RWKVConfig(version=family.version, **common, **extra)
+        fields = family.config_fields(
+            tensors, lambda key, axis: _shape(tensors, key, axis), n_layer, dict(meta or {})
+        )
+        return RWKVConfig(version=family.version, n_layer=n_layer, dtype=dtype, **fields)
     except ValueError as e:  # shapes that no valid model has (e.g. C % head_size != 0)
         raise CheckpointError(f"inconsistent tensor shapes: {e}") from e
+
+
+def _canonical_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A state dict under its family's ``checkpoint_layout`` names (another release's
+    names mapped, tied weights filled in); unchanged for a family with one naming."""
+    family = detect_family(tensors)
+    return dict(tensors) if family.canonical_tensors is None else family.canonical_tensors(tensors)
 
 
 def official_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
@@ -194,17 +237,19 @@ def params_from_tensors(
             )
         if not np.isfinite(arr).all():
             raise CheckpointError(f"tensor {key!r} has non-finite values (NaN or Inf)")
-        if len(shape) == 3:  # [1, 1, C] mixing vectors are plain [C] here
-            arr = arr.reshape(shape[-1])
+        if len(shape) == 3:  # [1, 1, C] vectors are [C] here, [D, 1, K] convolutions [D, K]
+            arr = arr.reshape([d for d in shape if d != 1])
         _set_path(params, path, jnp.asarray(arr, dtype=dtype))
     return params
 
 
 def load_rwkv(path: str | Path, dtype=jnp.float32) -> tuple[RWKVConfig, dict]:
-    """Loads an official RWKV-4 or RWKV-7 checkpoint.
+    """Loads an official RWKV-4, RWKV-7 or Mamba-2 checkpoint.
 
     Args:
-      path: a BlinkDL ``.pth`` file or a ``.safetensors`` file with the same keys.
+      path: a BlinkDL ``.pth`` file or a ``.safetensors`` file with the same
+        keys; for Mamba-2, a ``transformers`` ``Mamba2ForCausalLM`` or a
+        ``mamba_ssm`` state dict (``.safetensors`` or ``.pth``).
       dtype: ``jnp.float32`` or ``jnp.bfloat16``; used for the parameters and as
         the model's compute dtype (``cfg.dtype``). State stays float32.
 
@@ -217,8 +262,8 @@ def load_rwkv(path: str | Path, dtype=jnp.float32) -> tuple[RWKVConfig, dict]:
         shape mismatch or non-finite weights.
     """
     name = _dtype_name(dtype)
-    tensors = read_tensors(path)
-    cfg = config_from_tensors(tensors, name)
+    tensors = _canonical_tensors(read_tensors(path))
+    cfg = config_from_tensors(tensors, name, read_model_meta(path))
     return cfg, params_from_tensors(cfg, tensors, dtype=jnp.dtype(name))
 
 
@@ -240,11 +285,17 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
             leaf = leaf[part]
         tensors[key] = np.array(leaf, np.float32).reshape(shape)  # a writable copy
     tmp = path.with_name(f".{path.name}.tmp")
+    shape = {f: getattr(cfg, f) for f in model_family(cfg).shape_fields}
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(shape, sort_keys=True)})
     elif path.suffix == ".pth":
+        if cfg.n_groups != 1:  # a .pth holds tensors only, and shapes cannot tell G
+            raise CheckpointError(
+                f"not writing {path}: n_groups={cfg.n_groups} is not recoverable from a .pth; "
+                "write .safetensors (its header records it)"
+            )
         try:
             import torch
         except ImportError as e:  # pragma: no cover - depends on the environment

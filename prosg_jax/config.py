@@ -47,11 +47,16 @@ class RWKVConfig:
       vocab_size: number of token ids ``V``.
       d_model: residual width ``C``.
       n_layer: number of blocks ``L``.
-      d_ffn: hidden width of the channel-mix (FFN) block.
-      head_size: RWKV-7 head size ``N`` (``C = H * N``); ignored by RWKV-4.
+      d_ffn: hidden width of the channel-mix (FFN) block; Mamba-2's inner
+        width (``expand * d_model``).
+      head_size: RWKV-7 head size ``N`` (``C = H * N``); Mamba-2's head
+        dimension ``P`` (``d_ffn = H * P``); ignored by RWKV-4.
       d_decay_lora, d_aaa_lora, d_mv_lora, d_gate_lora: RWKV-7 low-rank widths
         of the decay, in-context learning rate, value-residual and output gate
         projections; ignored by RWKV-4.
+      d_state, n_groups, d_conv: Mamba-2's state size ``N``, number of B/C
+        groups ``G`` and convolution width ``K``; RWKV models refuse any but
+        the defaults (0, 1, 4).
       dtype: compute dtype of activations and matmuls. Recurrent state is
         always float32.
       wkv_impl: how the time recurrence runs (``prosg_jax.models.wkv``):
@@ -71,6 +76,9 @@ class RWKVConfig:
     d_aaa_lora: int = 0
     d_mv_lora: int = 0
     d_gate_lora: int = 0
+    d_state: int = 0
+    n_groups: int = 1
+    d_conv: int = 4
     dtype: DType = "float32"
     wkv_impl: str = "auto"
 
@@ -83,7 +91,11 @@ class RWKVConfig:
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
                 raise ValueError(f"RWKVConfig.{name} must be a positive int, got {value!r}")
-        for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
+        for name in ("n_groups", "d_conv"):
+            value = getattr(self, name)
+            if not is_int(value) or value <= 0:
+                raise ValueError(f"RWKVConfig.{name} must be a positive int, got {value!r}")
+        for name in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora", "d_state"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ValueError(f"RWKVConfig.{name} must be an int >= 0, got {value!r}")

@@ -149,6 +149,9 @@ RULES: dict[str, Rule] = {
     "model.n_layer": integer(1),
     "model.head_size": integer(1),
     "model.d_ffn": integer(0),
+    "model.d_state": integer(0),  # Mamba-2 fields; RWKV configs leave them out
+    "model.n_groups": integer(1),
+    "model.d_conv": integer(2),
     "model.dtype": choice("float32", "bfloat16"),
     "model.wkv_impl": choice(*WKV_IMPLS),
     "prosg.method": choice(*METHODS),

@@ -131,7 +131,9 @@ def test_registry_knows_the_family_and_refuses_a_second_one(toy):
     )
     with pytest.raises(ValueError, match="already toy diagonal RNN"):
         family_lib.register(family_lib.Family(**{**TOY.__dict__, "name": "another"}))
-    with pytest.raises(ValueError, match="version must be 4 or 7 or a registered .* got 'nope'"):
+    with pytest.raises(
+        ValueError, match="version must be 4 or 7 or .mamba2. or a registered .* got .nope."
+    ):
         pj.RWKVConfig(version="nope", vocab_size=4, d_model=4, n_layer=1, d_ffn=4)
 
 

@@ -20,7 +20,11 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 # The built-in families, imported on first use: no import order to get right.
-_BUILTIN = {4: "prosg_jax.models.rwkv4", 7: "prosg_jax.models.rwkv7"}
+_BUILTIN = {
+    4: "prosg_jax.models.rwkv4",
+    7: "prosg_jax.models.rwkv7",
+    "mamba2": "prosg_jax.models.mamba2",
+}
 _REGISTRY: dict[Hashable, Family] = {}
 
 
@@ -38,9 +42,9 @@ class Family:
     Attributes:
       version: the ``RWKVConfig.version`` value that selects this family.
       name: a display name for messages (``"RWKV-7"``).
-      init_params: ``(key, cfg) -> params``: the trunk (``emb``, ``ln0``,
-        ``ln_out``, ``head``, as ``layers.trunk_layout``) plus ``blocks``, a
-        list with one dict per layer.
+      init_params: ``(key, cfg) -> params``: ``emb`` and ``head`` (each a
+        ``{"weight": [V, C]}``), ``blocks`` (a list with one dict per layer)
+        and whatever ``norm_in``/``norm_out`` read (RWKV: ``ln0``, ``ln_out``).
       init_layer_state: ``(cfg, batch) -> NamedTuple`` of float32 arrays with
         a leading batch axis: one layer's empty recurrent state.
       block: ``(cfg, i, p, x, state, *, reset, hooks, v_first) -> (x, state,
@@ -65,11 +69,21 @@ class Family:
       checkpoint_layout: ``cfg -> [(official key, path in params, official
         shape)]`` (``None``: no official format; ``save_rwkv`` refuses it).
       detect: ``keys -> bool``: whether a state dict is this family's.
-      config_fields: ``(tensors, dim, common) -> dict``: the family's config
-        fields beyond ``common`` (vocabulary, widths, depth) read off a state
-        dict; ``dim(key, axis)`` is one tensor's size along ``axis`` (or a
-        one-line error when the tensor is missing).
+      config_fields: ``(tensors, dim, n_layer, meta) -> dict``: every config
+        field but ``version``, ``n_layer`` and ``dtype`` read off a state dict;
+        ``dim(key, axis)`` is one tensor's size along ``axis`` (or a one-line
+        error when the tensor is missing); ``meta`` what the file says beyond
+        shapes (``checkpoint.read_model_meta``). ``ValueError`` for a model
+        the family cannot run.
       ignored_keys: official keys that are read past (not in params).
+      layer_prefix: official keys of layer ``i`` start ``f"{layer_prefix}.{i}."``.
+      canonical_tensors: ``tensors -> tensors``: another release's key names
+        (and tied weights) mapped to ``checkpoint_layout``'s before loading
+        (``None``: one naming only).
+      norm_in: ``(cfg, params, x [B, T, C]) -> x``: applied to the embedded
+        tokens (``None``: LayerNorm ``ln0``, as RWKV).
+      norm_out: ``(cfg, params, x [B, T, C]) -> x``: applied before the head
+        (``None``: LayerNorm ``ln_out``, as RWKV).
     """
 
     version: Hashable
@@ -88,6 +102,10 @@ class Family:
     detect: Callable[[Any], bool] | None = None
     config_fields: Callable[[Mapping, Callable, dict], dict] | None = None
     ignored_keys: frozenset[str] = frozenset()
+    layer_prefix: str = "blocks"
+    canonical_tensors: Callable[[Mapping], dict] | None = None
+    norm_in: Callable[..., Any] | None = None
+    norm_out: Callable[..., Any] | None = None
 
     def init_state(self, cfg, batch_size: int) -> tuple:
         """A fresh state: one empty ``init_layer_state`` per layer."""
@@ -115,7 +133,7 @@ def versions() -> tuple[Hashable, ...]:
 
 
 def family_of(version: Hashable) -> Family:
-    """The family of a config version (``4``, ``7`` or a registered one).
+    """The family of a config version (``4``, ``7``, ``"mamba2"`` or a registered one).
 
     Raises:
       ValueError: no family has that version; the message reads after the

@@ -148,6 +148,28 @@ def trunk_layout(c: int, v: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
 RWKV5_6_KEYS = ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")
 
 
+# The state-space fields of RWKVConfig and their defaults, which RWKV models ignore.
+SSM_DEFAULTS = {"d_state": 0, "n_groups": 1, "d_conv": 4}
+
+
+def without_ssm_fields(name: str, fields: dict) -> dict:
+    """``fields`` less the state-space ones (a run record carries every field);
+    raises ``ValueError`` where one is set to something an RWKV model cannot use."""
+    for key, default in SSM_DEFAULTS.items():
+        if fields.get(key, default) != default:
+            raise ValueError(f"{name} has no {key} (a Mamba-2 field), got {key}={fields[key]}")
+    return {k: v for k, v in fields.items() if k not in SSM_DEFAULTS}
+
+
+def rwkv_common_fields(dim) -> dict[str, int]:
+    """Vocabulary, width and FFN width of an official RWKV state dict (``dim(key, axis)``)."""
+    return dict(
+        vocab_size=dim("emb.weight", 0),
+        d_model=dim("emb.weight", 1),
+        d_ffn=dim("blocks.0.ffn.key.weight", 0),
+    )
+
+
 def rwkv_target_shape(cfg, matrix: str) -> tuple[int, int]:
     """``(d_out, d_in)`` of an RWKV block matrix: the FFN's two are ``F x C`` and
     ``C x F``, every time-mix projection ``C x C``."""

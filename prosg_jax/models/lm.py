@@ -249,6 +249,17 @@ def check_state(cfg: RWKVConfig, state: Sequence, batch: int) -> None:
                 )
 
 
+def _ln0(cfg, params, x):
+    # ln0 on the gathered rows equals the RWKV reference's ln0 folded into `emb`.
+    del cfg
+    return layer_norm(x, params["ln0"])
+
+
+def _ln_out(cfg, params, x):
+    del cfg
+    return layer_norm(x, params["ln_out"])
+
+
 def forward_core(
     cfg: RWKVConfig,
     params: dict,
@@ -278,8 +289,7 @@ def forward_core(
     """
     family = model_family(cfg)
     x = jnp.take(params["emb"]["weight"], tokens, axis=0).astype(jnp.float32)
-    # ln0 on the gathered rows equals the reference's ln0 folded into `emb`.
-    x = layer_norm(x, params["ln0"]).astype(cfg.compute_dtype)
+    x = (family.norm_in or _ln0)(cfg, params, x).astype(cfg.compute_dtype)
     reset = None if positions is None else positions == 0
     hooks = TargetHooks(deltas=deltas, perturb=perturb, taps={} if capture else None)
     new_state, v_first = [], None
@@ -290,7 +300,7 @@ def forward_core(
             cfg, i, p, x, state=s, reset=reset, hooks=hooks, v_first=v_first
         )
         new_state.append(s)
-    x = layer_norm(x, params["ln_out"])
+    x = (family.norm_out or _ln_out)(cfg, params, x)
     # Accumulate and return the head in float32 even for bfloat16 activations:
     # rounding logits to bfloat16 would keep only ~3 significant digits.
     logits = jnp.einsum(

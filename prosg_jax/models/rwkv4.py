@@ -40,9 +40,11 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
+    rwkv_common_fields,
     rwkv_target_shape,
     token_shift,
     trunk_layout,
+    without_ssm_fields,
 )
 from prosg_jax.models.wkv import P_EMPTY
 from prosg_jax.models.wkv import rwkv4 as wkv4
@@ -239,7 +241,7 @@ def _preset(
 ) -> RWKVConfig:
     # RWKV-4 has no heads or LoRAs: experiment configs may carry head_size,
     # run records carry every RWKVConfig field.
-    return RWKVConfig.rwkv4(**fields)
+    return RWKVConfig.rwkv4(**without_ssm_fields("RWKV-4", fields))
 
 
 FAMILY = register(
@@ -264,6 +266,6 @@ FAMILY = register(
         preset=_preset,
         checkpoint_layout=checkpoint_layout,
         detect=detect,
-        config_fields=lambda tensors, dim, common: {},
+        config_fields=lambda tensors, dim, n_layer, meta: rwkv_common_fields(dim),
     )
 )

@@ -48,9 +48,11 @@ from prosg_jax.models.layers import (
     layer_norm,
     ln_params,
     orthogonal,
+    rwkv_common_fields,
     rwkv_target_shape,
     token_shift,
     trunk_layout,
+    without_ssm_fields,
 )
 from prosg_jax.models.wkv import rwkv7 as wkv7
 
@@ -305,11 +307,13 @@ def check_config(cfg: RWKVConfig) -> None:
             raise ValueError(f"RWKV-7 config needs a positive {name}")
 
 
-def config_fields(tensors, dim, common: dict) -> dict:
-    """Head size and LoRA widths read off an official state dict."""
+def config_fields(tensors, dim, n_layer: int, meta: dict) -> dict:
+    """Widths, head size and LoRA widths read off an official state dict."""
+    del meta  # every field shows in a shape
     # Layer 0 has no value-residual LoRA; a one-layer model keeps the default.
-    mv_key = "blocks.1.att.v1" if common["n_layer"] > 1 else "blocks.0.att.v1"
+    mv_key = "blocks.1.att.v1" if n_layer > 1 else "blocks.0.att.v1"
     return dict(
+        **rwkv_common_fields(dim),
         head_size=dim("blocks.0.att.r_k", 1),
         d_decay_lora=dim("blocks.0.att.w1", 1),
         d_aaa_lora=dim("blocks.0.att.a1", 1),
@@ -341,7 +345,7 @@ FAMILY = register(
             "d_gate_lora",
         ),
         check_config=check_config,
-        preset=RWKVConfig.rwkv7,
+        preset=lambda **fields: RWKVConfig.rwkv7(**without_ssm_fields("RWKV-7", fields)),
         checkpoint_layout=checkpoint_layout,
         detect=lambda keys: any(".att.r_k" in k or ".att.x_r" in k for k in keys),
         config_fields=config_fields,

@@ -59,7 +59,7 @@ def _use_chunked(impl: str, length: int, version: int) -> bool:
     return version == 7 or jax.default_backend() != "cpu"
 
 
-def _chunks(x: Array, chunk: int, fill: float = 0) -> Array:
+def to_chunks(x: Array, chunk: int, fill: float = 0) -> Array:
     """``[B, T, ...] -> [K, B, L, ...]``, front-padded with ``fill`` to whole chunks."""
     bsz, t = x.shape[:2]
     pad = -t % chunk
@@ -67,8 +67,8 @@ def _chunks(x: Array, chunk: int, fill: float = 0) -> Array:
     return jnp.swapaxes(x.reshape(bsz, (t + pad) // chunk, chunk, *x.shape[2:]), 0, 1)
 
 
-def _unchunk(y: Array, t: int) -> Array:
-    """Inverse of :func:`_chunks`: ``[K, B, L, ...] -> [B, T, ...]``, padding dropped."""
+def from_chunks(y: Array, t: int) -> Array:
+    """Inverse of :func:`to_chunks`: ``[K, B, L, ...] -> [B, T, ...]``, padding dropped."""
     y = jnp.swapaxes(y, 0, 1)
     y = y.reshape(y.shape[0], -1, *y.shape[3:])
     return y[:, y.shape[1] - t :]
@@ -231,9 +231,9 @@ def _intra7(r, lw, k, v, alpha, beta, seg):
 
 def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
     _check_chunk(chunk)
-    xs = (jnp.swapaxes(_chunks(x, chunk), 2, 3) for x in (r, log_w, k, v, alpha, beta))
+    xs = (jnp.swapaxes(to_chunks(x, chunk), 2, 3) for x in (r, log_w, k, v, alpha, beta))
     # Padding is zeros: log w = 0 (no decay) and k = v = α = β = 0 leave S unchanged.
-    seg = None if reset is None else jnp.cumsum(_chunks(reset, chunk), axis=-1)
+    seg = None if reset is None else jnp.cumsum(to_chunks(reset, chunk), axis=-1)
     per_chunk = jax.checkpoint(_intra7)(*xs, seg)
 
     # What needs the incoming state: two (2L × N) · (N × N) matmuls per chunk.
@@ -246,7 +246,7 @@ def _chunked7(r, log_w, k, v, alpha, beta, state, reset, chunk):
         return s * carry[:, :, None, :] + jnp.einsum("bhlv,bhlk->bhvk", v_u, writes), y
 
     state, y = jax.lax.scan(body, state, per_chunk)
-    return _unchunk(jnp.swapaxes(y, 2, 3), r.shape[1]), state
+    return from_chunks(jnp.swapaxes(y, 2, 3), r.shape[1]), state
 
 
 # --------------------------------------------------------------------------- RWKV-4
@@ -339,8 +339,8 @@ def _chunked4(decay, first, k, v, state, reset, chunk):
     # the padding's decay makes it arrive at the first real token unchanged.
     a0, b0, p0 = state
     state = (a0, b0, p0 - pad * decay)
-    k_c, v_c = _chunks(k, chunk, fill=P_EMPTY), _chunks(v, chunk)  # [K, B, L, C]
-    r_c = None if reset is None else _chunks(reset, chunk)  # [K, B, L]
+    k_c, v_c = to_chunks(k, chunk, fill=P_EMPTY), to_chunks(v, chunk)  # [K, B, L, C]
+    r_c = None if reset is None else to_chunks(reset, chunk)  # [K, B, L]
 
     def local(carry, x):
         return _step4(decay, first, carry, *x)
@@ -373,4 +373,4 @@ def _chunked4(decay, first, k, v, state, reset, chunk):
         return _log_add((s[0], s[1], p_end), sum_c), num / den
 
     state, y = jax.lax.scan(body, state, (outs, summary, sees_state, cut))
-    return _unchunk(y, length), state
+    return from_chunks(y, length), state
