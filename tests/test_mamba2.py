@@ -12,7 +12,7 @@ import pytest
 import prosg_jax as pj
 from prosg_jax import prosg
 from prosg_jax.checkpoint import CheckpointError
-from prosg_jax.models import mamba2
+from prosg_jax.models import mamba2, ssd
 
 TOL = 1e-4
 # Shapes no other test uses: 3 layers, 8 heads of 12 in 2 groups, N = 8, K = 3.
@@ -152,7 +152,7 @@ def test_chunked_ssd_equals_the_scan_with_gradients(chunk):
     args = _ssd_inputs(np.random.default_rng(3))
 
     def run(impl, *xs):
-        y, s = mamba2.ssd(*xs, args[-1], impl=impl, chunk=chunk)
+        y, s = ssd.ssd(*xs, args[-1], impl=impl, chunk=chunk)
         return y, s
 
     y_scan, s_scan = run("scan", *args[:-1])
