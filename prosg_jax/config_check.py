@@ -233,9 +233,13 @@ def _cross_field(config: ml_collections.ConfigDict) -> None:
         raise field_error("prosg.matrices", config.prosg.matrices, f"name one of {valid}")
     layers = tuple(int(s) for s in config.prosg.layers.split(",") if s.strip()) or None
     # ProSGConfig's own rules, each reported against the field that broke it
-    for field, value in (("matrices", matrices), ("layers", layers)):
+    # (the layers checked with matrices known to be valid)
+    for field, fields in (
+        ("matrices", {"matrices": matrices}),
+        ("layers", {"matrices": matrices, "layers": layers}),
+    ):
         try:
-            ProSGConfig(**{field: value}).targets(model)
+            ProSGConfig(**fields).targets(model)
         except ValueError as e:
             extra = " (config.model.n_layer)" if field == "layers" else ""
             raise field_error(f"prosg.{field}", config.prosg[field], f"{e}{extra}") from None

@@ -286,3 +286,26 @@ def test_a_joint_step_trains_base_and_sg_module(with_sg):
     for _ in range(15):
         tr, opt_state, value, _ = train_step(tr, opt_state)
     assert float(value) < 0.9 * float(first)
+
+
+def test_train_and_eval_run_a_mamba2_model_unchanged(tmp_path):
+    import ml_collections
+    from train_fixtures import tiny_config
+
+    from prosg_jax.eval import evaluation
+    from prosg_jax.train import trainer
+
+    config = tiny_config()
+    config.model = ml_collections.ConfigDict(
+        {**config.model.to_dict(), "version": "mamba2", "d_state": 8}  # C 32, heads of 16
+    )
+    config.prosg.matrices = "mixer.in_proj,mixer.out_proj"
+    config.eval.methods = "none,repeat_prompt,true_grad,prosg"
+    config.eval.distances = ""  # MQAR only: enough to run every method
+    trainer.train(config, tmp_path)
+    run = pj.load_run(tmp_path)
+    assert run.model_cfg.version == "mamba2" and run.model_cfg.d_state == 8
+    assert sorted(run.sg_params) == sorted(pj.target_names(run.model_cfg))
+    results = evaluation.evaluate(config, tmp_path)
+    for method in ("none", "repeat_prompt", "true_grad", "prosg"):
+        assert 0.0 <= results["mqar"][method]["l32_kv4_voc64"] <= 1.0
