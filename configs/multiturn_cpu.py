@@ -6,8 +6,9 @@ stage) on conversations of T = 1, 2, 4 or 8 turns of 8 key-value pairs, each
 turn derived alone from a fresh state and the turns' deltas summed
 (``prosg.segment_len = 16``: what a :class:`prosg_jax.Session` remembers of
 its turns), then D distractor tokens and queries on every turn's pairs. About
-8 minutes on two CPU cores. ``experiments/multiturn/run.py --runs W`` measures
-what a session then recalls of turn 1 (issue 32; ``experiments/multiturn``).
+15 minutes on two CPU cores (1,000 steps; 500 steps recall less after 8
+turns). ``experiments/multiturn/run.py --runs W`` measures what a session
+then recalls of turn 1 (``experiments/multiturn/README.md``).
 """
 
 import ml_collections
@@ -29,6 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
     # continuation (8 turns' queries after 256 distractor tokens), one compile.
     config.data.prompt_len = 128
     config.data.cont_len = 448
-    config.train.joint.steps = 500
+    config.train.joint.steps = 1000
     config.train.joint.lr = 2e-3
     return config
