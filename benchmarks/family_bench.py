@@ -82,13 +82,14 @@ def main() -> None:
         cases[f"{name} decode"] = (start, decode)
     best = best_of(cases, args.repeats)
     rates = {}
-    for name, (cfg, params) in built.items():
+    for name, (_, params) in built.items():
         count = sum(x.size for x in jax.tree.leaves(params))
         pre = args.batch * args.prompt / best[f"{name} prefill"]
         dec = args.batch * args.tokens / best[f"{name} decode"]
         rates[name] = (pre, dec)
         print(
-            f"{name:8s} {count / 1e6:6.2f} M params  prefill {pre:9.0f} tok/s  decode {dec:8.0f} tok/s"
+            f"{name:8s} {count / 1e6:6.2f} M params  prefill {pre:9.0f} tok/s  "
+            f"decode {dec:8.0f} tok/s"
         )
     (p7, d7), (pm, dm) = rates["RWKV-7"], rates["Mamba-2"]
     print(f"Mamba-2 / RWKV-7: prefill {pm / p7:.2f}x, decode {dm / d7:.2f}x")
