@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosg_jax.config import RWKVConfig
+from prosg_jax.files import atomic_write
 from prosg_jax.models.family import Family, families
 from prosg_jax.models.layers import RWKV5_6_KEYS
 from prosg_jax.models.lm import all_finite, check_params, check_state, model_family
@@ -69,13 +70,15 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The file's tensors as float32 numpy arrays, and its header metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
         # The flax framework reads bfloat16, which plain numpy cannot.
         with safe_open(str(path), framework="flax") as f:
             raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+            header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     out = {}
@@ -83,28 +86,19 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if not jnp.issubdtype(v.dtype, jnp.floating):
             raise CheckpointError(f"tensor {k!r} in {path} has non-float dtype {v.dtype}")
         out[k] = np.asarray(v.astype(jnp.float32))
-    return out
+    return out, header
 
 
 # The safetensors header key under which save_rwkv records the model's shape fields.
 META_KEY = "prosg_jax.model"
 
 
-def read_model_meta(path: str | Path) -> dict:
+def _model_meta(path: Path, header: Mapping[str, str]) -> dict:
     """What a checkpoint says of its model beyond tensor shapes: the shape fields
-    :func:`save_rwkv` records in a safetensors header, else a ``config.json``
+    :func:`save_rwkv` records in a safetensors ``header``, else a ``config.json``
     beside the file (a ``transformers`` model directory); ``{}`` when neither."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                header = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-        if META_KEY in header:
-            return _json_object(header[META_KEY], f"{path}'s {META_KEY} header")
+    if META_KEY in header:
+        return _json_object(header[META_KEY], f"{path}'s {META_KEY} header")
     sidecar = path.with_name("config.json")
     if sidecar.is_file():
         return _json_object(sidecar.read_text(), str(sidecar))
@@ -121,15 +115,17 @@ def _json_object(text: str, where: str) -> dict:
     return obj
 
 
-def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a ``.pth`` or ``.safetensors`` file as float32 numpy arrays."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """All tensors of a ``.pth`` or ``.safetensors`` file as float32 numpy arrays,
+    and what the file says of its model beyond their shapes (:func:`_model_meta`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".pth":
-        return _read_pth(path)
+        return _read_pth(path), _model_meta(path, {})
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        tensors, header = _read_safetensors(path)
+        return tensors, _model_meta(path, header)
     raise _unsupported_format(path)
 
 
@@ -158,12 +154,16 @@ def _shape(tensors: Mapping[str, np.ndarray], key: str, axis: int) -> int:
 
 
 def config_from_tensors(
-    tensors: Mapping[str, np.ndarray], dtype: str, meta: Mapping | None = None
+    tensors: Mapping[str, np.ndarray],
+    dtype: str,
+    meta: Mapping | None = None,
+    family: Family | None = None,
 ) -> RWKVConfig:
     """The :class:`RWKVConfig` implied by a state dict's key names and shapes
     (under canonical names: :func:`_canonical_tensors`) and by ``meta``
-    (:func:`read_model_meta`), for the fields shapes cannot tell."""
-    family = detect_family(tensors)
+    (:func:`read_checkpoint`), for the fields shapes cannot tell. ``family``:
+    the layout's family when the caller has detected it already."""
+    family = family or detect_family(tensors)
     block_re = re.compile(rf"^{re.escape(family.layer_prefix)}\.(\d+)\.")
     layers = {int(m.group(1)) for k in tensors if (m := block_re.match(k))}
     if not layers:
@@ -187,11 +187,16 @@ def config_from_tensors(
         raise CheckpointError(f"inconsistent tensor shapes: {e}") from e
 
 
-def _canonical_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A state dict under its family's ``checkpoint_layout`` names (another release's
-    names mapped, tied weights filled in); unchanged for a family with one naming."""
+def _canonical_tensors(
+    tensors: Mapping[str, np.ndarray],
+) -> tuple[Family, dict[str, np.ndarray]]:
+    """The state dict's family, and the dict under that family's ``checkpoint_layout``
+    names (another release's names mapped, tied weights filled in); unchanged for a
+    family with one naming."""
     family = detect_family(tensors)
-    return dict(tensors) if family.canonical_tensors is None else family.canonical_tensors(tensors)
+    if family.canonical_tensors is None:
+        return family, dict(tensors)
+    return family, family.canonical_tensors(tensors)
 
 
 def official_layout(cfg: RWKVConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
@@ -262,8 +267,9 @@ def load_rwkv(path: str | Path, dtype=jnp.float32) -> tuple[RWKVConfig, dict]:
         shape mismatch or non-finite weights.
     """
     name = _dtype_name(dtype)
-    tensors = _canonical_tensors(read_tensors(path))
-    cfg = config_from_tensors(tensors, name, read_model_meta(path))
+    raw, meta = read_checkpoint(path)
+    family, tensors = _canonical_tensors(raw)
+    cfg = config_from_tensors(tensors, name, meta, family=family)
     return cfg, params_from_tensors(cfg, tensors, dtype=jnp.dtype(name))
 
 
@@ -284,12 +290,12 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
         for part in tree_path:
             leaf = leaf[part]
         tensors[key] = np.array(leaf, np.float32).reshape(shape)  # a writable copy
-    tmp = path.with_name(f".{path.name}.tmp")
     shape = {f: getattr(cfg, f) for f in model_family(cfg).shape_fields}
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(shape, sort_keys=True)})
+        meta = {META_KEY: json.dumps(shape, sort_keys=True)}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     elif path.suffix == ".pth":
         if cfg.n_groups != 1:  # a .pth holds tensors only, and shapes cannot tell G
             raise CheckpointError(
@@ -300,11 +306,9 @@ def save_rwkv(path: str | Path, cfg: RWKVConfig, params: dict) -> Path:
             import torch
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise CheckpointError("writing .pth needs torch: pip install 'prosg_jax[torch]'") from e
-        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp)
-    else:
-        raise _unsupported_format(path)
-    tmp.replace(path)
-    return path
+        state = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    raise _unsupported_format(path)
 
 
 def save_state(path: str | Path, cfg: RWKVConfig, state) -> Path:
@@ -326,7 +330,5 @@ def save_state(path: str | Path, cfg: RWKVConfig, state) -> Path:
         raise ValueError(f"a state is written as .safetensors, got {path.name}")
     check_state(cfg, state, 1)
     leaves = [np.array(x, np.float32)[0] for layer in state for x in layer]
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({f"state.{j}": x for j, x in enumerate(leaves)}, str(tmp))
-    tmp.replace(path)
-    return path
+    tensors = {f"state.{j}": x for j, x in enumerate(leaves)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))

@@ -32,6 +32,7 @@ from prosg_jax.checkpoint import load_rwkv
 from prosg_jax.config import ProSGConfig, RWKVConfig, method_config
 from prosg_jax.data.tokenizers import Tokenizer, get_tokenizer
 from prosg_jax.errors import UserError
+from prosg_jax.files import atomic_write, write_text
 from prosg_jax.models.lm import all_finite, check_model_config, check_params
 from prosg_jax.prosg.sg import check_sg_params
 from prosg_jax.prosg.states import is_ragged
@@ -121,11 +122,8 @@ def save_sg_params(path: str | Path, sg_params: dict) -> Path:
     """Writes the SG module's parameters as flat float32 safetensors, atomically."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_flatten(sg_params), str(tmp))
-    tmp.replace(path)
-    return path
+    flat = _flatten(sg_params)
+    return atomic_write(path, lambda tmp: save_file(flat, str(tmp)))
 
 
 def load_sg_params(path: str | Path) -> dict:
@@ -154,11 +152,7 @@ def load_sg_params(path: str | Path) -> dict:
 
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON write."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def run_info(

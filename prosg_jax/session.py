@@ -40,6 +40,7 @@ from jaxtyping import Array, Float, Int
 from prosg_jax import lowrank
 from prosg_jax.config import ProSGConfig, RWKVConfig, method_config
 from prosg_jax.decode import SamplingState, stop_matrix
+from prosg_jax.files import atomic_write
 from prosg_jax.models.layers import Deltas
 from prosg_jax.models.lm import State, forward_core, init_state
 from prosg_jax.prosg.ablations import derive_compiled
@@ -258,10 +259,7 @@ class Session:
             "prosg": json.dumps(dataclasses.asdict(_session_config(self.run))),
             "max_rank": str(self.max_rank),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, run: Run) -> Session:

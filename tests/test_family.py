@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from train_fixtures import assert_joint_steps_learn
 
 import prosg_jax as pj
 from prosg_jax import prosg
@@ -149,28 +149,8 @@ def test_decode_steps_equal_the_parallel_forward(toy):
 
 def test_a_joint_training_step_lowers_the_loss(toy):
     cfg, params, pc, sg = toy
-    pc = pc.replace(train_base=True)
     batch = _batch(np.random.default_rng(1))
-    trainable = {"base": params, "sg": sg}
-    opt = optax.adam(1e-2)
-    opt_state = opt.init(trainable)
-
-    def loss(tr):
-        return prosg.continuation_loss(cfg, tr["base"], tr["sg"], pc, batch=batch)[0]
-
-    @jax.jit
-    def train_step(tr, opt_state):
-        value, grads = jax.value_and_grad(loss)(tr)
-        updates, opt_state = opt.update(grads, opt_state, tr)
-        return optax.apply_updates(tr, updates), opt_state, value, grads
-
-    tr, opt_state, first, grads = train_step(trainable, opt_state)
-    for part in ("base", "sg"):  # both the base and the SG module receive gradients
-        norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads[part]))
-        assert np.isfinite(norm) and norm > 0, part
-    for _ in range(20):
-        tr, opt_state, value, _ = train_step(tr, opt_state)
-    assert float(value) < 0.9 * float(first)
+    assert_joint_steps_learn(cfg, params, sg, pc, batch, lr=1e-2, steps=20)
 
 
 @pytest.mark.parametrize("method", ["prosg", "true_grad"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from train_fixtures import assert_joint_steps_learn
 
 import prosg_jax as pj
 from prosg_jax import prosg
@@ -265,27 +265,8 @@ def test_every_method_generates(with_sg, method):
 
 def test_a_joint_step_trains_base_and_sg_module(with_sg):
     cfg, params, pc, sg = with_sg
-    pc = pc.replace(train_base=True)
     batch = _batch(np.random.default_rng(7))
-    trainable = {"base": params, "sg": sg}
-    opt = optax.adam(3e-3)
-
-    def loss(tr):
-        return prosg.continuation_loss(cfg, tr["base"], tr["sg"], pc, batch=batch)[0]
-
-    @jax.jit
-    def train_step(tr, opt_state):
-        value, grads = jax.value_and_grad(loss)(tr)
-        updates, opt_state = opt.update(grads, opt_state, tr)
-        return optax.apply_updates(tr, updates), opt_state, value, grads
-
-    tr, opt_state, first, grads = train_step(trainable, opt.init(trainable))
-    for part in ("base", "sg"):
-        norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads[part]))
-        assert np.isfinite(norm) and norm > 0, part
-    for _ in range(15):
-        tr, opt_state, value, _ = train_step(tr, opt_state)
-    assert float(value) < 0.9 * float(first)
+    assert_joint_steps_learn(cfg, params, sg, pc, batch, lr=3e-3, steps=15)
 
 
 def test_train_and_eval_run_a_mamba2_model_unchanged(tmp_path):

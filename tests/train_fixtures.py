@@ -56,3 +56,35 @@ def read_metrics(workdir) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_joint_steps_learn(cfg, params, sg, prosg_cfg, batch, *, lr: float, steps: int) -> None:
+    """One joint step gives the base and the SG module nonzero finite gradients,
+    and ``steps`` more Adam steps on ``batch`` cut its loss by at least 10%."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from prosg_jax import prosg
+
+    prosg_cfg = prosg_cfg.replace(train_base=True)
+    trainable = {"base": params, "sg": sg}
+    opt = optax.adam(lr)
+
+    def loss(tr):
+        return prosg.continuation_loss(cfg, tr["base"], tr["sg"], prosg_cfg, batch=batch)[0]
+
+    @jax.jit
+    def train_step(tr, opt_state):
+        value, grads = jax.value_and_grad(loss)(tr)
+        updates, opt_state = opt.update(grads, opt_state, tr)
+        return optax.apply_updates(tr, updates), opt_state, value, grads
+
+    tr, opt_state, first, grads = train_step(trainable, opt.init(trainable))
+    for part in ("base", "sg"):
+        norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads[part]))
+        assert np.isfinite(norm) and norm > 0, part
+    for _ in range(steps):
+        tr, opt_state, value, _ = train_step(tr, opt_state)
+    assert float(value) < 0.9 * float(first)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prosg_jax.files import write_text
+
 
 def _distance(column: str) -> str:
     """``l128_kv8_voc256_d1024`` → ``1024``."""
@@ -63,9 +65,7 @@ def main(argv: list[str]) -> None:
             "",
         ]
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text(out, text)
     print(text)
 
 

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from prosg_jax.files import write_text
+
 _AGG = Path(__file__).parents[1] / "default_runs" / "aggregate.py"
 _spec = importlib.util.spec_from_file_location("default_runs_aggregate", _AGG)
 aggregate = importlib.util.module_from_spec(_spec)
@@ -65,9 +67,7 @@ def main(argv: list[str]) -> None:
             "",
         ]
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text(out, text)
     print(text)
 
 

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 import prosg_jax as pj
+from prosg_jax.files import write_text
 
 PAIRS = 8  # key-value pairs per turn, as in the default run's prompts
 
@@ -150,8 +150,8 @@ def main() -> None:
     meta = {"runs": args.runs.split(","), "control": args.control, "rows": args.rows}
     meta |= {"max_rank": args.max_rank, "seeds": seeds, "combine": args.combine}
     meta |= {"turns": args.turns, "distances": args.distances}
-    _write(out / "results.json", json.dumps({"meta": meta, "cells": cells}, indent=1))
-    _write(out / "results.md", table(cells, turns, distances, meta))
+    write_text(out / "results.json", json.dumps({"meta": meta, "cells": cells}, indent=1))
+    write_text(out / "results.md", table(cells, turns, distances, meta))
 
 
 def table(cells, turns, distances, meta) -> str:
@@ -190,12 +190,6 @@ def table(cells, turns, distances, meta) -> str:
                     row.append(f"{np.mean(means):.1%} ± {np.std(means):.1%} [{seed_std:.1%}]")
                 lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

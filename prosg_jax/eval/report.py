@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
 
 from prosg_jax import tasks
+from prosg_jax.files import atomic_write
 
 INIT_MODEL = "init"  # the row suffix naming config.init_from
 
@@ -170,7 +170,5 @@ def plot(results: dict, path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, fig.savefig)
     plt.close(fig)
-    tmp.replace(path)

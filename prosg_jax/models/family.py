@@ -73,7 +73,7 @@ class Family:
         field but ``version``, ``n_layer`` and ``dtype`` read off a state dict;
         ``dim(key, axis)`` is one tensor's size along ``axis`` (or a one-line
         error when the tensor is missing); ``meta`` what the file says beyond
-        shapes (``checkpoint.read_model_meta``). ``ValueError`` for a model
+        shapes (``checkpoint.read_checkpoint``). ``ValueError`` for a model
         the family cannot run.
       ignored_keys: official keys that are read past (not in params).
       layer_prefix: official keys of layer ``i`` start ``f"{layer_prefix}.{i}."``.

@@ -148,17 +148,20 @@ def trunk_layout(c: int, v: int) -> list[tuple[str, tuple, tuple[int, ...]]]:
 RWKV5_6_KEYS = ("time_maa", ".ln_x.", "gate.weight", "time_faaaa")
 
 
-# The state-space fields of RWKVConfig and their defaults, which RWKV models ignore.
-SSM_DEFAULTS = {"d_state": 0, "n_groups": 1, "d_conv": 4}
+# Fields of RWKVConfig that one family reads and the others ignore, each with
+# the value it has when unused (a run record carries every field).
+SSM_FIELDS = {"d_state": 0, "n_groups": 1, "d_conv": 4}
+RWKV7_LORA_FIELDS = {"d_decay_lora": 0, "d_aaa_lora": 0, "d_mv_lora": 0, "d_gate_lora": 0}
 
 
-def without_ssm_fields(name: str, fields: dict) -> dict:
-    """``fields`` less the state-space ones (a run record carries every field);
-    raises ``ValueError`` where one is set to something an RWKV model cannot use."""
-    for key, default in SSM_DEFAULTS.items():
-        if fields.get(key, default) != default:
-            raise ValueError(f"{name} has no {key} (a Mamba-2 field), got {key}={fields[key]}")
-    return {k: v for k, v in fields.items() if k not in SSM_DEFAULTS}
+def without_foreign_fields(name: str, fields: dict, foreign: dict, owner: str) -> dict:
+    """``fields`` less ``foreign``, another family's (``owner``) fields; raises
+    ``ValueError`` where one is set to something but its unused value, which a
+    ``name`` model cannot use."""
+    for key, unused in foreign.items():
+        if fields.get(key, unused) != unused:
+            raise ValueError(f"{name} has no {key} ({owner} only), got {key}={fields[key]}")
+    return {k: v for k, v in fields.items() if k not in foreign}
 
 
 def rwkv_common_fields(dim) -> dict[str, int]:

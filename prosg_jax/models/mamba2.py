@@ -42,7 +42,13 @@ from jaxtyping import Array, Bool, Float
 
 from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, register
-from prosg_jax.models.layers import NO_HOOKS, TargetHooks, dense
+from prosg_jax.models.layers import (
+    NO_HOOKS,
+    RWKV7_LORA_FIELDS,
+    TargetHooks,
+    dense,
+    without_foreign_fields,
+)
 from prosg_jax.models.ssd import causal_conv, ssd
 
 VERSION = "mamba2"
@@ -252,11 +258,9 @@ def preset(
     ``unused``: RWKV-7's LoRA widths, which a run record carries; any set
     to something but 0 is refused.
     """
-    for key, value in unused.items():
-        if key not in ("d_decay_lora", "d_aaa_lora", "d_mv_lora", "d_gate_lora"):
-            raise TypeError(f"unexpected model field {key!r}")
-        if value:
-            raise ValueError(f"Mamba-2 has no {key} (an RWKV-7 field), got {key}={value}")
+    unexpected = without_foreign_fields("Mamba-2", unused, RWKV7_LORA_FIELDS, "RWKV-7")
+    if unexpected:
+        raise TypeError(f"unexpected model field {next(iter(unexpected))!r}")
     return RWKVConfig(
         version=VERSION,
         vocab_size=vocab_size,

@@ -34,6 +34,7 @@ from prosg_jax.models.family import Family, register
 from prosg_jax.models.layers import (
     NO_HOOKS,
     RWKV5_6_KEYS,
+    SSM_FIELDS,
     TargetHooks,
     block_norm_layout,
     dense,
@@ -44,7 +45,7 @@ from prosg_jax.models.layers import (
     rwkv_target_shape,
     token_shift,
     trunk_layout,
-    without_ssm_fields,
+    without_foreign_fields,
 )
 from prosg_jax.models.wkv import P_EMPTY
 from prosg_jax.models.wkv import rwkv4 as wkv4
@@ -241,7 +242,7 @@ def _preset(
 ) -> RWKVConfig:
     # RWKV-4 has no heads or LoRAs: experiment configs may carry head_size,
     # run records carry every RWKVConfig field.
-    return RWKVConfig.rwkv4(**without_ssm_fields("RWKV-4", fields))
+    return RWKVConfig.rwkv4(**without_foreign_fields("RWKV-4", fields, SSM_FIELDS, "Mamba-2"))
 
 
 FAMILY = register(

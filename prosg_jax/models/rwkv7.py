@@ -41,6 +41,7 @@ from prosg_jax.config import RWKVConfig
 from prosg_jax.models.family import Family, register
 from prosg_jax.models.layers import (
     NO_HOOKS,
+    SSM_FIELDS,
     TargetHooks,
     block_norm_layout,
     dense,
@@ -52,7 +53,7 @@ from prosg_jax.models.layers import (
     rwkv_target_shape,
     token_shift,
     trunk_layout,
-    without_ssm_fields,
+    without_foreign_fields,
 )
 from prosg_jax.models.wkv import rwkv7 as wkv7
 
@@ -345,7 +346,9 @@ FAMILY = register(
             "d_gate_lora",
         ),
         check_config=check_config,
-        preset=lambda **fields: RWKVConfig.rwkv7(**without_ssm_fields("RWKV-7", fields)),
+        preset=lambda **fields: RWKVConfig.rwkv7(
+            **without_foreign_fields("RWKV-7", fields, SSM_FIELDS, "Mamba-2")
+        ),
         checkpoint_layout=checkpoint_layout,
         detect=lambda keys: any(".att.r_k" in k or ".att.x_r" in k for k in keys),
         config_fields=config_fields,
