@@ -50,7 +50,7 @@ def test_ci_runs_the_readme_test_command():
 # only rooms of earlier layers. The public API (``prosg_jax/__init__.py``) sits
 # above them all and no room imports it.
 LAYERS = (
-    ("errors", "clock", "provenance", "lowrank"),
+    ("errors", "clock", "provenance", "lowrank", "files"),
     ("config",),
     ("data", "models"),
     ("checkpoint", "decode", "prosg"),
