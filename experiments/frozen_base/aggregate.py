@@ -1,0 +1,94 @@
+"""Tables of the frozen-base variance study (``experiments/frozen_base/run.sh``).
+
+    python experiments/frozen_base/aggregate.py results/frozen_base
+
+Reads every ``b<B>_sg<S>.json`` there (``eval.py``'s results of the SG stage
+at seed S on base seed B) and writes ``runs.md``: each run's row, then the
+spread over SG seeds on one base, over bases at one SG seed, and over all
+runs. A cell is the mean over runs ± the std across runs (ddof=1) [the mean
+of each run's evaluation-seed std].
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from prosg_jax.files import write_text
+
+_NAME = re.compile(r"^b(\d+)_sg(\d+)\.json$")
+
+
+def _distance(column: str) -> str:
+    return column.rsplit("_d", 1)[-1]
+
+
+def _cell(results: list[dict], method: str, column: str) -> str:
+    runs = np.array([r["mqar"][method][column] for r in results])
+    seeds = np.array([r["mqar_std"][method][column] for r in results])
+    if len(runs) == 1:
+        return f"{runs[0]:.1%} [{seeds[0]:.1%}]"
+    return f"{runs.mean():.1%} ± {runs.std(ddof=1):.1%} [{seeds.mean():.1%}]"
+
+
+def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
+    """Markdown: per-run rows, then grouped means, for ``none`` (the base) and ``prosg``."""
+    columns = next(iter(runs.values()))["config"]["mqar"]
+    head = ["| runs | method | " + " | ".join(f"D={_distance(c)}" for c in columns) + " |"]
+    head.append("|---" * (len(columns) + 2) + "|")
+    groups: list[tuple[str, list[tuple[int, int]]]] = [
+        (f"base {b}, SG seed {s}", [(b, s)]) for b, s in sorted(runs)
+    ]
+    on_base0 = [k for k in sorted(runs) if k[0] == 0]
+    at_sg0 = [k for k in sorted(runs) if k[1] == 0]
+    if len(on_base0) > 1:
+        groups.append((f"base 0, SG seeds {[s for _, s in on_base0]}", on_base0))
+    if len(at_sg0) > 1:
+        groups.append((f"bases {[b for b, _ in at_sg0]}, SG seed 0", at_sg0))
+    if len(runs) > max(len(on_base0), len(at_sg0)):
+        groups.append((f"all {len(runs)} runs", sorted(runs)))
+    lines = list(head)
+    for label, keys in groups:
+        results = [runs[k] for k in keys]
+        for method in ("none", "prosg"):
+            cells = [_cell(results, method, c) for c in columns]
+            lines.append(f"| {label} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit(__doc__)
+    folder = Path(argv[0])
+    runs = {
+        (int(m.group(1)), int(m.group(2))): json.loads(p.read_text())
+        for p in sorted(folder.iterdir())
+        if (m := _NAME.match(p.name))
+    }
+    if not runs:
+        raise SystemExit(f"no b<B>_sg<S>.json results in {folder}")
+    text = "\n".join(
+        [
+            "# Frozen-base ProSG: how much a training run moves it",
+            "",
+            "`configs/mqar_distance_cpu.py`'s SG stage (six targets, base frozen), "
+            "scored by `eval.py` on the test split (3 evaluation seeds × 16 examples "
+            "× 8 answers). `none` is the base alone. A cell: mean over training runs "
+            "± std across runs [mean of each run's evaluation-seed std]; one run: "
+            "its value [its evaluation-seed std]. Command: "
+            "`bash experiments/frozen_base/run.sh W`.",
+            "",
+            *tables(runs),
+            "",
+        ]
+    )
+    write_text(folder / "runs.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
