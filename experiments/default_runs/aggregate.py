@@ -19,25 +19,28 @@ import numpy as np
 from prosg_jax.files import write_text
 
 
-def _distance(column: str) -> str:
+def distance(column: str) -> str:
     """``l128_kv8_voc256_d1024`` → ``1024``."""
     return column.rsplit("_d", 1)[-1]
+
+
+def cell(results: list[dict], method: str, column: str, kind: str = "mqar") -> str:
+    """One cell over training runs: mean ± run std (ddof=1; 0 for one run) [mean eval-seed std]."""
+    runs = np.array([r[kind][method][column] for r in results])
+    seeds = np.array([r[f"{kind}_std"][method][column] for r in results])
+    spread = runs.std(ddof=1) if len(runs) > 1 else 0.0
+    return f"{runs.mean():.1%} ± {spread:.1%} [{seeds.mean():.1%}]"
 
 
 def table(results: list[dict], kind: str = "mqar") -> list[str]:
     """Markdown rows of MQAR results: method × distance, mean ± run std [mean eval-seed std]."""
     columns = results[0]["config"]["mqar"]  # results.json keeps its keys sorted
     lines = [
-        "| method | " + " | ".join(f"D={_distance(c)}" for c in columns) + " |",
+        "| method | " + " | ".join(f"D={distance(c)}" for c in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
     for method in results[0]["config"]["methods"]:
-        cells = []
-        for c in columns:
-            runs = np.array([r[kind][method][c] for r in results])
-            seeds = np.array([r[f"{kind}_std"][method][c] for r in results])
-            spread = runs.std(ddof=1) if len(runs) > 1 else 0.0
-            cells.append(f"{runs.mean():.1%} ± {spread:.1%} [{seeds.mean():.1%}]")
+        cells = [cell(results, method, c, kind) for c in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 

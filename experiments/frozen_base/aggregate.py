@@ -11,34 +11,34 @@ of each run's evaluation-seed std].
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from prosg_jax.files import write_text
+
+_AGG = Path(__file__).parents[1] / "default_runs" / "aggregate.py"
+_spec = importlib.util.spec_from_file_location("default_runs_aggregate", _AGG)
+aggregate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(aggregate)
 
 _NAME = re.compile(r"^b(\d+)_sg(\d+)\.json$")
 
 
-def _distance(column: str) -> str:
-    return column.rsplit("_d", 1)[-1]
-
-
 def _cell(results: list[dict], method: str, column: str) -> str:
-    runs = np.array([r["mqar"][method][column] for r in results])
-    seeds = np.array([r["mqar_std"][method][column] for r in results])
-    if len(runs) == 1:
-        return f"{runs[0]:.1%} [{seeds[0]:.1%}]"
-    return f"{runs.mean():.1%} ± {runs.std(ddof=1):.1%} [{seeds.mean():.1%}]"
+    """:func:`aggregate.cell`; one run: its value [its evaluation-seed std]."""
+    if len(results) == 1:
+        r = results[0]
+        return f"{r['mqar'][method][column]:.1%} [{r['mqar_std'][method][column]:.1%}]"
+    return aggregate.cell(results, method, column)
 
 
 def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
     """Markdown: per-run rows, then grouped means, for ``none`` (the base) and ``prosg``."""
     columns = next(iter(runs.values()))["config"]["mqar"]
-    head = ["| runs | method | " + " | ".join(f"D={_distance(c)}" for c in columns) + " |"]
+    head = ["| runs | method | " + " | ".join(f"D={aggregate.distance(c)}" for c in columns) + " |"]
     head.append("|---" * (len(columns) + 2) + "|")
     groups: list[tuple[str, list[tuple[int, int]]]] = [
         (f"base {b}, SG seed {s}", [(b, s)]) for b, s in sorted(runs)
