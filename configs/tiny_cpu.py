@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.prosg.sg_match_weight = 0.0  # weight of the synthetic-gradient matching loss
     config.prosg.sg_lookahead = True  # δ̂_t also reads h_{t+1}: the token a true gradient targets
     config.prosg.sg_match_lr = 1.0  # step size turning the true gradient into a target update
+    # λ: (1 - λ) LM loss + λ KL(base without deltas from the prompt's state ‖ model)
+    config.prosg.distill_weight = 0.0
     config.prosg.segment_len = (
         0  # > 0: one delta per segment of this many tokens, summed (sessions)
     )
@@ -113,6 +115,12 @@ def get_config() -> ml_collections.ConfigDict:
     # validation (facts, D=64/1024/4096): 59.4/59.9/51.6% vs 55.7/55.2/48.4% (0.9) and
     # 64.1/59.9/30.2% (0.5).
     config.train.forget_frac = 0.7
+    # What those rows continue from: "empty", or "other" (the state another example's
+    # prompt left, which holds other facts, as after a generation that wrote some).
+    config.train.forget_state = "empty"
+    # Joint stage: 0 trains the whole base with the SG module; r > 0 keeps the base frozen
+    # and trains a rank-r LoRA on the ProSG target matrices instead (merged on export).
+    config.train.lora_rank = 0
     config.train.weight_decay = 0.01  # AdamW decay on matrices (not norms/embeddings/scales)
     config.train.b1 = 0.9  # Adam beta1
     config.train.b2 = 0.99  # Adam beta2

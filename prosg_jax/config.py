@@ -235,6 +235,10 @@ class ProSGConfig:
       sg_match_weight: weight of the synthetic-gradient matching loss (0: off).
       sg_match_lr: step size that turns the true continuation gradient into the
         update ``-η G`` the SG deltas are pulled toward (finite).
+      distill_weight: ``λ`` in ``[0, 1]``: the continuation loss becomes
+        ``(1 - λ) CE + λ KL(teacher ‖ model)`` on the scored tokens, the
+        teacher being the base without deltas continuing from the prompt's
+        own state (0: the LM loss alone; 1: distillation alone).
       train_base: whether the continuation loss also trains the base model.
       sg_lookahead: whether ``δ̂_t`` also sees the next prompt position's hidden
         ``h_{t+1}``. A true gradient's error at ``t`` depends on the token
@@ -261,6 +265,7 @@ class ProSGConfig:
     true_grad_lr: float = 1.0
     sg_match_weight: float = 0.0
     sg_match_lr: float = 1.0
+    distill_weight: float = 0.0
     train_base: bool = False
     sg_lookahead: bool = False
     segment_len: int = 0
@@ -280,7 +285,7 @@ class ProSGConfig:
             )
         if not is_int(self.sketch_seed):
             raise ValueError(f"ProSGConfig.sketch_seed must be an int, got {self.sketch_seed!r}")
-        for name in ("true_grad_lr", "sg_match_weight", "sg_match_lr"):
+        for name in ("true_grad_lr", "sg_match_weight", "sg_match_lr", "distill_weight"):
             value = getattr(self, name)
             if not isinstance(value, int | float | np.number) or not math.isfinite(value):
                 raise ValueError(f"ProSGConfig.{name} must be a finite number, got {value!r}")
@@ -288,6 +293,10 @@ class ProSGConfig:
         if self.sg_match_weight < 0:
             raise ValueError(
                 f"ProSGConfig.sg_match_weight must be >= 0, got {self.sg_match_weight}"
+            )
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(
+                f"ProSGConfig.distill_weight must be in [0, 1], got {self.distill_weight}"
             )
         for name in ("train_base", "sg_lookahead"):
             if not isinstance(getattr(self, name), bool):
@@ -356,6 +365,7 @@ def method_config(prosg_cfg: ProSGConfig | None, method: str | None) -> ProSGCon
     return prosg_cfg.replace(
         method=prosg_cfg.method if method is None else method,
         sg_match_weight=0.0,
+        distill_weight=0.0,
         train_base=False,
     )
 

@@ -36,6 +36,7 @@ from prosg_jax.data.tokenizers import TOKENIZER_NAMES, tokenizer_vocab_size
 from prosg_jax.errors import UserError
 from prosg_jax.models import model_family
 from prosg_jax.models.family import versions
+from prosg_jax.prosg.losses import FORGET_STATES
 
 Rule = Callable[[Any], str | None]  # the problem with a value, or None
 
@@ -169,6 +170,7 @@ RULES: dict[str, Rule] = {
     "prosg.sg_lookahead": boolean,
     "prosg.segment_len": integer(0),
     "prosg.sg_match_lr": real(-math.inf),
+    "prosg.distill_weight": real(0, 1),
     "data.data_dir": text,
     "data.train_mixture": text,
     "data.loss_on": choice("answers", "all"),
@@ -182,6 +184,8 @@ RULES: dict[str, Rule] = {
     "train.min_lr_ratio": real(0, 1),
     "train.decay_frac": real(0, 1, lo_open=True),
     "train.forget_frac": real(0, 1),
+    "train.forget_state": choice(*FORGET_STATES),
+    "train.lora_rank": integer(0),
     "train.weight_decay": real(0),
     "train.b1": real(0, 1, hi_open=True),
     "train.b2": real(0, 1, hi_open=True),
@@ -250,6 +254,13 @@ def _cross_field(config: ml_collections.ConfigDict) -> None:
             "train.stages",
             config.train.stages,
             f"name distinct stages from {STAGES}, in order",
+        )
+    if config.train.lora_rank > 0 and "joint" not in stages:
+        raise field_error(
+            "train.lora_rank",
+            config.train.lora_rank,
+            f"adapts the base in the joint stage, which train.stages={config.train.stages!r} "
+            "does not run (0 = no adapter)",
         )
     vocab = tokenizer_vocab_size(config.tokenizer)
     if vocab > model.vocab_size:

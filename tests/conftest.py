@@ -7,6 +7,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 # Tests compare float32 results at 1e-5..1e-4; keep XLA from using bf16 passes.
@@ -16,6 +17,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 from official_ckpt import random_tensors  # noqa: E402
 
 from prosg_jax.checkpoint import config_from_tensors, params_from_tensors  # noqa: E402
+
+
+def random_prompts(b: int = 3, p: int = 12, seed: int = 0, vocab: int = 97):
+    """``(prompts int32[b, p], lengths int32[b])``: random ids, right-padded with 0 to
+    the lengths ``p, p - 5, 3, p, p, ...``."""
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray([p, p - 5, 3][:b] + [p] * max(0, b - 3), np.int32)
+    prompts = rng.integers(1, vocab, (b, p)).astype(np.int32)
+    prompts[np.arange(p)[None, :] >= lengths[:, None]] = 0
+    return jax.numpy.asarray(prompts), jax.numpy.asarray(lengths)
 
 
 def tiny_model(version: int, *, seed: int = 0, dtype: str = "float32", **shape):

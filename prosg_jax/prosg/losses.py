@@ -137,14 +137,21 @@ def sg_match_loss(
     return total / len(names)
 
 
-def _forget_rows(model_cfg: RWKVConfig, state, forget: Bool[Array, " B"]):
-    """``state`` with the rows marked in ``forget`` replaced by the empty state."""
-    empty = init_state(model_cfg, forget.shape[0])
+FORGET_STATES = ("empty", "other")
 
-    def pick(fresh, kept):
-        return jnp.where(forget.reshape((-1,) + (1,) * (kept.ndim - 1)), fresh, kept)
 
-    return jax.tree.map(pick, empty, state)
+def _forget_rows(model_cfg: RWKVConfig, state, forget: Bool[Array, " B"], replacement: str):
+    """``state`` with the rows marked in ``forget`` replaced: by the empty state, or
+    (``"other"``) by the state the previous row's prompt left (row 0 takes the last's)."""
+    if replacement == "empty":
+        fresh = init_state(model_cfg, forget.shape[0])
+    else:
+        fresh = jax.tree.map(lambda s: jnp.roll(s, 1, axis=0), state)
+
+    def pick(new, kept):
+        return jnp.where(forget.reshape((-1,) + (1,) * (kept.ndim - 1)), new, kept)
+
+    return jax.tree.map(pick, fresh, state)
 
 
 def continuation_logits(
@@ -155,14 +162,21 @@ def continuation_logits(
     *,
     batch: Batch,
     forget: Bool[Array, " B"] | None = None,
+    forget_state: str = "empty",
 ) -> tuple[Float[Array, "B K V"], Deltas | None, PromptTail]:
     """Logits for ``batch.targets`` (the replay, then teacher forcing), the deltas and the tail.
 
     ``forget`` (training-time augmentation) marks rows whose continuation starts
-    from an empty recurrent state instead of the prompt's: there the deltas
-    alone carry the prompt, as they must once a long generation has overwritten
-    the state.
+    from another recurrent state than the prompt's: there the deltas alone carry
+    the prompt, as they must once a long generation has overwritten the state.
+    ``forget_state`` says which: ``"empty"``, or ``"other"``, the state another
+    row's prompt left, which holds other facts, as one overwritten by a
+    generation that wrote unrelated ones does.
     """
+    if forget_state not in FORGET_STATES:
+        raise ValueError(f"forget_state={forget_state!r}; choose from {FORGET_STATES}")
+    if forget_state == "other" and np.shape(batch.prompts)[0] < 2:
+        raise ValueError("forget_state='other' needs a batch of at least 2 rows")
     deltas, tail = derive(
         model_cfg,
         params,
@@ -176,7 +190,8 @@ def continuation_logits(
             raise ValueError(
                 f"forget shape {np.shape(forget)} != batch {np.shape(batch.prompt_lengths)}"
             )
-        tail = tail._replace(state=_forget_rows(model_cfg, tail.state, jnp.asarray(forget, bool)))
+        forgotten = _forget_rows(model_cfg, tail.state, jnp.asarray(forget, bool), forget_state)
+        tail = tail._replace(state=forgotten)
     inputs, positions = continuation_inputs(tail, batch.targets)
     logits, _, _ = forward_core(
         model_cfg, params, inputs, tail.state, deltas=deltas, positions=positions
@@ -192,19 +207,23 @@ def continuation_loss(
     *,
     batch: Batch,
     forget: Bool[Array, " B"] | None = None,
+    forget_state: str = "empty",
     answer_mask: Float[Array, "B K"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """LM loss on the continuation with the prompt's deltas applied from its first token.
 
     The base model is frozen (``stop_gradient``) unless ``prosg_cfg.train_base``.
-    With ``sg_match_weight > 0`` (``method="prosg"``) the synthetic-gradient
-    matching loss is added. ``forget``: see :func:`continuation_logits`.
+    With ``distill_weight = λ > 0`` the LM loss is mixed with the teacher's KL
+    (:func:`distill_kl`): ``(1 - λ) CE + λ KL``. With ``sg_match_weight > 0``
+    (``method="prosg"``) the synthetic-gradient matching loss is added.
+    ``forget``, ``forget_state``: see :func:`continuation_logits`.
 
     Returns:
-      ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token)
-      and ``sg_match``; with ``answer_mask`` (1 on the answer tokens of
-      ``batch.targets``) also ``answer_correct`` and ``answer_count``, the
-      argmax hits among those tokens and their number, from this same forward.
+      ``(loss, metrics)`` with metrics ``ce`` (mean over every scored token),
+      ``sg_match``, with ``distill_weight > 0`` ``distill_kl``; with
+      ``answer_mask`` (1 on the answer tokens of ``batch.targets``) also
+      ``answer_correct`` and ``answer_count``, the argmax hits among those
+      tokens and their number, from this same forward.
     """
     check_params(model_cfg, params)
     _check_batch(model_cfg, batch)
@@ -212,16 +231,56 @@ def continuation_loss(
     if not prosg_cfg.train_base:
         params = jax.lax.stop_gradient(params)
     logits, deltas, tail = continuation_logits(
-        model_cfg, params, sg_params, prosg_cfg, batch=batch, forget=forget
+        model_cfg,
+        params,
+        sg_params,
+        prosg_cfg,
+        batch=batch,
+        forget=forget,
+        forget_state=forget_state,
     )
     ce = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
+    metrics = {"ce": ce}
+    loss = ce
+    if prosg_cfg.distill_weight > 0:
+        kl = distill_kl(model_cfg, params, batch=batch, logits=logits)
+        metrics["distill_kl"] = kl
+        loss = (1.0 - prosg_cfg.distill_weight) * ce + prosg_cfg.distill_weight * kl
     match = jnp.zeros(())
     if prosg_cfg.sg_match_weight > 0 and prosg_cfg.method == "prosg":
         match = sg_match_loss(model_cfg, params, prosg_cfg, deltas, tail=tail, batch=batch)
-    metrics = {"ce": ce, "sg_match": match}
+    metrics["sg_match"] = match
     if answer_mask is not None:
         metrics.update(answer_counts(logits, batch.targets, answer_mask))
-    return ce + prosg_cfg.sg_match_weight * match, metrics
+    return loss + prosg_cfg.sg_match_weight * match, metrics
+
+
+def distill_kl(
+    model_cfg: RWKVConfig, params: dict, *, batch: Batch, logits: Float[Array, "B K V"]
+) -> Float[Array, ""]:
+    """Mean ``KL(teacher ‖ model)`` over the scored tokens of ``batch``.
+
+    The teacher is the base without deltas reading the continuation from the
+    prompt's own state (held fixed): what the model should say where the state
+    still holds the prompt, and, for rows continued from another state, what
+    the deltas must restore.
+    """
+    params = jax.lax.stop_gradient(params)
+    _, tail = derive(
+        model_cfg,
+        params,
+        None,
+        ProSGConfig(method="none"),
+        prompts=batch.prompts,
+        prompt_lengths=batch.prompt_lengths,
+    )
+    inputs, positions = continuation_inputs(tail, batch.targets)
+    teacher, _, _ = forward_core(model_cfg, params, inputs, tail.state, positions=positions)
+    p_log = jax.nn.log_softmax(jax.lax.stop_gradient(teacher).astype(jnp.float32), -1)
+    q_log = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    kl = (jnp.exp(p_log) * (p_log - q_log)).sum(-1)
+    mask = jnp.asarray(batch.loss_mask, jnp.float32)
+    return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def answer_counts(

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from prosg_jax.data.tokenizers import Tokenizer
 from prosg_jax.errors import UserError
 from prosg_jax.run import BASE_FILE, RUN_FILE, SG_FILE, run_info, save_sg_params, write_json
 from prosg_jax.tasks import datasets
-from prosg_jax.train import checkpointing, optim
+from prosg_jax.train import checkpointing, lora, optim
 from prosg_jax.train import data as data_lib
 from prosg_jax.train import mesh as mesh_lib
 from prosg_jax.train.metrics import MetricsWriter
@@ -155,6 +156,7 @@ _TRAIN_FIELDS = (
     "grad_clip",
     "grad_accum",
     "forget_frac",
+    "forget_state",
 )
 _STAGE_FIELDS = ("steps", "lr", "warmup_steps")
 
@@ -211,6 +213,7 @@ def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, *, stage_key, mesh, 
         state_shardings=state_sh,
         frozen_shardings=frozen_sh,
         forget_frac=train_cfg.forget_frac,
+        forget_state=train_cfg.forget_state,
     )
     return _Compiled(
         optimizer=optimizer,
@@ -223,11 +226,16 @@ def _compiled_stage(stage, model_cfg, prosg_cfg, train_key, *, stage_key, mesh, 
     )
 
 
-def _split_trainable(stage: str, trainable, params: Params) -> Params:
+def _split_trainable(stage: str, trainable, params: Params, frozen_base: dict | None) -> Params:
+    """The stage's parameters as later stages see them; ``frozen_base``: the base
+    a LoRA joint stage adapts (its merged weights are the new base)."""
     if stage == "base":
         return Params(base=trainable, sg=params.sg)
     if stage == "prosg":
         return Params(base=params.base, sg=trainable)
+    if "lora" in trainable:
+        merged = mesh_lib.to_host(lora.merge(frozen_base, trainable["lora"]))
+        return Params(base=merged, sg=trainable["sg"])
     return Params(base=trainable["base"], sg=trainable["sg"])
 
 
@@ -254,8 +262,25 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         trainable, frozen = params.base, None
     elif stage == "prosg":
         trainable, frozen = params.sg, params.base
+    elif config.train.lora_rank > 0:
+        adapter = lora.init(
+            jax.random.key(config.seed + 2),
+            model_cfg,
+            prosg_cfg.targets(model_cfg),
+            config.train.lora_rank,
+        )
+        trainable, frozen = {"lora": mesh_lib.to_host(adapter), "sg": params.sg}, params.base
+        if jax.process_index() == 0:
+            print(
+                f"joint stage: base frozen, a rank-{config.train.lora_rank} LoRA on "
+                f"{len(adapter)} matrices: {lora.count(adapter):,} parameters "
+                f"({lora.count(adapter) / lora.count(params.base):.1%} of the base's)",
+                file=sys.stderr,
+                flush=True,
+            )
     else:
         trainable, frozen = {"base": params.base, "sg": params.sg}, None
+    frozen_base = frozen if stage == "joint" else None
     if st.batch_size % mesh_lib.batch_size_per_step(mesh):
         raise UserError(
             f"config.train.{stage}.batch_size={st.batch_size} is not divisible by the "
@@ -300,7 +325,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
     if latest is not None:
         state = ckpt.restore(latest, checkpointing.abstract(shapes, state_sh), it)
     if start >= steps:  # finished earlier: hand its parameters on
-        params = _split_trainable(stage, mesh_lib.to_host(state.params), params)
+        params = _split_trainable(stage, mesh_lib.to_host(state.params), params, frozen_base)
         _export(ctx, stage, params, prosg_cfg)
         ckpt.close()
         return params
@@ -354,7 +379,7 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                     "lr": float(lr_fn((done - 1) // config.train.grad_accum)),
                     "grad_norm": float(metrics["grad_norm"]),
                 }
-                for k in ("ce", "sg_match"):
+                for k in ("ce", "sg_match", "distill_kl"):
                     if k in metrics:
                         line[k] = float(metrics[k])
                 writer.write(done, line)
@@ -367,7 +392,9 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
                     it = data_lib.phase_iterator(stage, phases[phase_no], phase_no, settings)
                 ckpt.save(done, state, it, meta)
                 last_saved = done
-                params = _split_trainable(stage, mesh_lib.to_host(state.params), params)
+                params = _split_trainable(
+                    stage, mesh_lib.to_host(state.params), params, frozen_base
+                )
                 _export(ctx, stage, params, prosg_cfg)
             if stop:
                 raise Preempted(

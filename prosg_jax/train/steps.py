@@ -2,8 +2,10 @@
 
 Trainable parameters by stage: ``base`` — the LM; ``prosg`` — the SG module
 (the base is a frozen, separately passed argument); ``joint`` —
-``{"base": LM, "sg": SG module}``. Parameters are float32 master weights; the
-LM sees them cast to its compute dtype.
+``{"base": LM, "sg": SG module}``, or with ``config.train.lora_rank > 0``
+``{"lora": adapter, "sg": SG module}`` on a frozen base (:mod:`.lora`).
+Parameters are float32 master weights; the LM sees them cast to its compute
+dtype.
 
 Axis legend: ``B`` batch, ``T`` packed row length, ``P`` prompt, ``K`` continuation.
 """
@@ -23,6 +25,7 @@ from prosg_jax.config import ProSGConfig, RWKVConfig
 from prosg_jax.errors import UserError
 from prosg_jax.models.lm import forward_core, init_state
 from prosg_jax.tasks.datasets import to_batch
+from prosg_jax.train import lora
 from prosg_jax.train import mesh as mesh_lib
 
 
@@ -64,6 +67,8 @@ def _split(stage: str, trainable, frozen):
     """``(base params, SG params)`` of a stage's trainable and frozen trees."""
     if stage == "prosg":
         return frozen, trainable
+    if "lora" in trainable:
+        return lora.merge(frozen, trainable["lora"]), trainable["sg"]
     return trainable["base"], trainable["sg"]
 
 
@@ -87,11 +92,13 @@ def loss_fn(
     frozen,
     batch,
     forget_frac: float = 0.0,
+    forget_state: str = "empty",
 ):
     """``(loss, metrics)`` of one batch for ``stage``.
 
-    ProSG stages continue a ``forget_frac`` share of each batch's rows from an
-    empty recurrent state (see :func:`prosg_jax.prosg.continuation_logits`).
+    ProSG stages continue a ``forget_frac`` share of each batch's rows from
+    another recurrent state than the prompt's, empty or another row's
+    (``forget_state``, see :func:`prosg_jax.prosg.continuation_logits`).
     """
     if stage == "base":
         return base_loss(model_cfg, trainable, batch)
@@ -103,6 +110,7 @@ def loss_fn(
         prosg_cfg,
         batch=to_batch(batch),
         forget=forget_rows(batch["targets"].shape[0], forget_frac),
+        forget_state=forget_state,
         answer_mask=batch["answer_mask"],
     )
     return loss, aux
@@ -118,13 +126,21 @@ def make_train_step(
     state_shardings,
     frozen_shardings,
     forget_frac: float = 0.0,
+    forget_state: str = "empty",
 ) -> Callable[..., tuple[TrainState, dict]]:
     """The stage's jitted ``train_step(state, frozen, batch) -> (state, metrics)``,
     with explicit shardings; the state is donated."""
 
     def train_step(state: TrainState, frozen, batch):
         grad_fn = jax.value_and_grad(
-            functools.partial(loss_fn, stage, model_cfg, prosg_cfg, forget_frac=forget_frac),
+            functools.partial(
+                loss_fn,
+                stage,
+                model_cfg,
+                prosg_cfg,
+                forget_frac=forget_frac,
+                forget_state=forget_state,
+            ),
             has_aux=True,
         )
         (loss, metrics), grads = grad_fn(state.params, frozen=frozen, batch=batch)
