@@ -438,7 +438,7 @@ def test_sg_training_overfits_recall_past_a_distractor():
         updates, opt_state = opt.update(g, opt_state, sg)
         return optax.apply_updates(sg, updates), opt_state, loss
 
-    for _ in range(300):
+    for _ in range(60):  # the loss is below a fifth of the base's by step 25
         sg, opt_state, loss = train_step(sg, opt_state)
     final = float(prosg.continuation_loss(cfg, params, sg, pc, batch=batch)[0])
     print(f"frozen base continuation loss {base_loss:.3f} -> ProSG-trained {final:.3f}")
