@@ -163,6 +163,7 @@ def run_info(
     *,
     init_from: str | None = None,
     sg_from: str | None = None,
+    adapter: dict | None = None,
     environment: dict | None = None,
 ) -> dict:
     """The ``run.json`` contents.
@@ -176,6 +177,9 @@ def run_info(
         "" for none), stored under ``"init_from"``; omitted when None.
       sg_from: the SG params the run started from (``config.sg_from``), stored
         under ``"sg_from"`` when set; omitted when None or "".
+      adapter: when the joint stage adapted a frozen base with a LoRA
+        (``config.train.lora_rank``), its ``rank``, ``parameters`` and the
+        base's ``base_parameters``, stored under ``"adapter"``; omitted when None.
       environment: :func:`prosg_jax.provenance.environment` of the writing
         process, stored under ``"environment"``; omitted when None. Readers
         never require it (run.json files written before it existed lack it).
@@ -190,6 +194,8 @@ def run_info(
         info["init_from"] = init_from
     if sg_from:
         info["sg_from"] = sg_from
+    if adapter is not None:
+        info["adapter"] = adapter
     if environment is not None:
         info["environment"] = environment
     return info

@@ -108,6 +108,10 @@ def test_joint_stage_with_lora_moves_each_target_by_rank_r_and_nothing_else(trai
     run = pj.load_run(tmp_path)  # the export is the merged base
     _leaves_equal(run.params, out.base)
     assert run.sg_params is not None
+    adapter = json.loads((tmp_path / "run.json").read_text())["adapter"]
+    # rank 2 on four 32x32 / 32x64 matrices of the tiny model: 2 * (64 + 96) * 2
+    assert adapter["rank"] == 2 and adapter["parameters"] == 2 * (2 * 64 + 2 * 96)
+    assert adapter["base_parameters"] == sum(np.size(x) for x in jax.tree.leaves(out.base))
     # Rerunning the finished stage exports the same merge, not a second one on top.
     again = trainer.train(config, tmp_path)
     _leaves_equal(again.base, out.base)

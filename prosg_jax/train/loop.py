@@ -133,6 +133,10 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
     if stage in ("prosg", "joint"):
         save_sg_params(ctx.workdir / SG_FILE, params.sg)
     done = [*ctx.stages_done, stage] if stage not in ctx.stages_done else ctx.stages_done
+    adapter = None
+    if "joint" in done and ctx.config.train.lora_rank > 0:
+        names = prosg_cfg.targets(ctx.exp.model)
+        adapter = lora.describe(ctx.exp.model, names, ctx.config.train.lora_rank, params.base)
     info = run_info(
         ctx.exp.model,
         dataclasses.replace(prosg_cfg, train_base=False),
@@ -140,6 +144,7 @@ def _export(ctx: Context, stage: str, params: Params, prosg_cfg) -> None:
         done,
         init_from=ctx.config.init_from,
         sg_from=ctx.config.sg_from,
+        adapter=adapter,
         environment=provenance.environment(),
     )
     write_json(ctx.workdir / RUN_FILE, info)
@@ -271,10 +276,11 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
         )
         trainable, frozen = {"lora": mesh_lib.to_host(adapter), "sg": params.sg}, params.base
         if jax.process_index() == 0:
+            size = lora.count(adapter)
             print(
                 f"joint stage: base frozen, a rank-{config.train.lora_rank} LoRA on "
-                f"{len(adapter)} matrices: {lora.count(adapter):,} parameters "
-                f"({lora.count(adapter) / lora.count(params.base):.1%} of the base's)",
+                f"{len(adapter)} matrices: {size:,} parameters "
+                f"({size / lora.count(params.base):.1%} of the base's)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -42,6 +42,12 @@ def merge(base: dict, lora: dict) -> dict:
     return merge_deltas(base, deltas, 0)
 
 
-def count(lora: dict) -> int:
-    """Trainable adapter parameters."""
-    return sum(int(np.size(x)) for x in jax.tree.leaves(lora))
+def count(tree: dict) -> int:
+    """Parameters in a tree (an adapter, a base)."""
+    return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def describe(model_cfg: RWKVConfig, names: tuple[str, ...], rank: int, base: dict) -> dict:
+    """``{"rank", "parameters", "base_parameters"}`` of a rank-``rank`` adapter on ``names``."""
+    size = sum(rank * sum(target_shape(model_cfg, n)) for n in names)
+    return {"rank": rank, "parameters": size, "base_parameters": count(base)}
