@@ -5,8 +5,10 @@
 Reads every ``b<B>_sg<S>.json`` there (``eval.py``'s results of the SG stage
 at seed S on base seed B) and writes ``runs.md``: each run's row, then the
 spread over SG seeds on one base, over bases at one SG seed, and over all
-runs. A cell is the mean over runs ± the std across runs (ddof=1) [the mean
-of each run's evaluation-seed std].
+runs. Each subfolder is a variant (``run.sh W RUNS VARIANT``): its runs on
+base 0 and its ``flags.txt`` make one row of ``variants.md``, beside the
+plain SG stage's. A cell is the mean over runs ± the std across runs
+(ddof=1) [the mean of each run's evaluation-seed std].
 """
 
 from __future__ import annotations
@@ -60,15 +62,78 @@ def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit(__doc__)
-    folder = Path(argv[0])
-    runs = {
+def read_runs(folder: Path) -> dict[tuple[int, int], dict]:
+    """``(base seed, SG seed) → eval.py results`` of the ``b<B>_sg<S>.json`` in ``folder``."""
+    return {
         (int(m.group(1)), int(m.group(2))): json.loads(p.read_text())
         for p in sorted(folder.iterdir())
         if (m := _NAME.match(p.name))
     }
+
+
+def variant_table(reference: list[dict], variants: dict[str, tuple[str, list[dict]]]) -> list[str]:
+    """Markdown: the plain SG stage's ``prosg`` row, then each variant's ``prosg`` row
+    and, where the variant changes the base (``none`` differs), its ``none`` row."""
+    columns = reference[0]["config"]["mqar"]
+    lines = [
+        "| variant | runs | method | "
+        + " | ".join(f"D={aggregate.distance(c)}" for c in columns)
+        + " |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+
+    def row(name: str, results: list[dict], method: str) -> str:
+        cells = [_cell(results, method, c) for c in columns]
+        return f"| {name} | {len(results)} | {method} | " + " | ".join(cells) + " |"
+
+    lines.append(row("base alone", reference[:1], "none"))
+    lines.append(row("SG stage (reference)", reference, "prosg"))
+    for name, (_, results) in variants.items():
+        if any(r["mqar"]["none"] != reference[0]["mqar"]["none"] for r in results):
+            lines.append(row(name, results, "none"))
+        lines.append(row(name, results, "prosg"))
+    return lines
+
+
+def write_variants(folder: Path, reference: list[dict]) -> str | None:
+    """Writes ``variants.md`` from the variant subfolders of ``folder`` (None if there are none)."""
+    variants = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        runs = read_runs(sub)
+        on_base0 = [runs[k] for k in sorted(runs) if k[0] == 0]
+        if on_base0:
+            variants[sub.name] = ((sub / "flags.txt").read_text().strip(), on_base0)
+    if not variants:
+        return None
+    text = "\n".join(
+        [
+            "# Frozen-base ProSG: variants (issue 34, steps 2-3)",
+            "",
+            "Each variant is `configs/mqar_distance_cpu.py`'s SG stage on the shipped base "
+            "(base 0) with the flags below, at SG seeds 0, 1, 2, scored by `eval.py` on the "
+            "test split (3 evaluation seeds × 16 examples × 8 answers). A cell: mean over "
+            "training runs ± std across runs [mean of each run's evaluation-seed std]; one "
+            "run: its value [its evaluation-seed std]. `none` is the base alone, or, for a "
+            "variant that changes the base, its base without deltas. Command: "
+            '`bash experiments/frozen_base/run.sh W "0:0 0:1 0:2" VARIANT`.',
+            "",
+            *variant_table(reference, variants),
+            "",
+            "Flags:",
+            "",
+            *[f"- `{name}`: `{flags}`" for name, (flags, _) in variants.items()],
+            "",
+        ]
+    )
+    write_text(folder / "variants.md", text)
+    return text
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit(__doc__)
+    folder = Path(argv[0])
+    runs = read_runs(folder)
     if not runs:
         raise SystemExit(f"no b<B>_sg<S>.json results in {folder}")
     text = "\n".join(
@@ -88,6 +153,10 @@ def main(argv: list[str]) -> None:
     )
     write_text(folder / "runs.md", text)
     print(text)
+    reference = [runs[k] for k in sorted(runs) if k[0] == 0]
+    variants = write_variants(folder, reference) if reference else None
+    if variants:
+        print(variants)
 
 
 if __name__ == "__main__":
