@@ -480,22 +480,36 @@ def test_true_grad_examples_are_isolated(model):
         assert not np.allclose(materialize(a[name], 1), materialize(b[name], 1), atol=1e-6)
 
 
+def _loss_from_states(model, pc, sg, batch, states_of):
+    """Mean continuation NLL under each row's deltas, read from ``states_of(prompt states)``."""
+    cfg, params = model
+    deltas, tail = prosg.derive_deltas(
+        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
+    )
+    start = tail._replace(state=states_of(tail.state))
+    logits, _ = _replay(cfg, params, start, deltas, batch.targets[:, :-1])
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(logp, batch.targets[..., None], -1).mean()
+
+
 def test_forget_rows_continue_from_an_empty_state_under_the_deltas(model):
     """``forget`` rows score the continuation from init_state; other rows are untouched."""
     cfg, params = model
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
     sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     forget = jnp.asarray([True, False, True])
-    deltas, tail = prosg.derive_deltas(
-        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
-    )
     empty = pj.init_state(cfg, 3)
-    state = jax.tree.map(
-        lambda e, s: jnp.where(forget.reshape((-1,) + (1,) * (s.ndim - 1)), e, s), empty, tail.state
+    want = _loss_from_states(
+        model,
+        pc,
+        sg,
+        batch,
+        lambda state: jax.tree.map(
+            lambda e, s: jnp.where(forget.reshape((-1,) + (1,) * (s.ndim - 1)), e, s),
+            empty,
+            state,
+        ),
     )
-    logits, _ = _replay(cfg, params, tail._replace(state=state), deltas, batch.targets[:, :-1])
-    logp = jax.nn.log_softmax(logits)
-    want = -jnp.take_along_axis(logp, batch.targets[..., None], -1).mean()
     got, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch, forget=forget)
     np.testing.assert_allclose(float(got), float(want), atol=1e-5, rtol=0)
     kept, _ = prosg.continuation_loss(cfg, params, sg, pc, batch=batch, forget=jnp.zeros(3, bool))
@@ -513,14 +527,11 @@ def test_forget_state_other_continues_from_the_previous_rows_prompt_state(model)
     pc = ProSGConfig(rank=4, matrices=("att.value", "ffn.value"))
     sg, batch = _sg_and_batch(cfg, pc, scale=2.0, k=6, seed=4)
     forget = jnp.asarray([True, False, True])
-    deltas, tail = prosg.derive_deltas(
-        cfg, params, sg, pc, prompts=batch.prompts, prompt_lengths=batch.prompt_lengths
-    )
     # rows 0 and 2 take rows 2 and 1's states; row 1 keeps its own
-    state = jax.tree.map(lambda s: s[jnp.asarray([2, 1, 1])], tail.state)
-    logits, _ = _replay(cfg, params, tail._replace(state=state), deltas, batch.targets[:, :-1])
-    logp = jax.nn.log_softmax(logits)
-    want = -jnp.take_along_axis(logp, batch.targets[..., None], -1).mean()
+    rows = jnp.asarray([2, 1, 1])
+    want = _loss_from_states(
+        model, pc, sg, batch, lambda state: jax.tree.map(lambda s: s[rows], state)
+    )
     got, _ = prosg.continuation_loss(
         cfg, params, sg, pc, batch=batch, forget=forget, forget_state="other"
     )

@@ -268,19 +268,17 @@ def run_stage(ctx: Context, stage: str, params: Params) -> Params:
     elif stage == "prosg":
         trainable, frozen = params.sg, params.base
     elif config.train.lora_rank > 0:
+        names = prosg_cfg.targets(model_cfg)
         adapter = lora.init(
-            jax.random.key(config.seed + 2),
-            model_cfg,
-            prosg_cfg.targets(model_cfg),
-            config.train.lora_rank,
+            jax.random.key(config.seed + 2), model_cfg, names, config.train.lora_rank
         )
         trainable, frozen = {"lora": mesh_lib.to_host(adapter), "sg": params.sg}, params.base
         if jax.process_index() == 0:
-            size = lora.count(adapter)
+            size = lora.describe(model_cfg, names, config.train.lora_rank, params.base)
             print(
-                f"joint stage: base frozen, a rank-{config.train.lora_rank} LoRA on "
-                f"{len(adapter)} matrices: {size:,} parameters "
-                f"({size / lora.count(params.base):.1%} of the base's)",
+                f"joint stage: base frozen, a rank-{size['rank']} LoRA on "
+                f"{len(adapter)} matrices: {size['parameters']:,} parameters "
+                f"({size['parameters'] / size['base_parameters']:.1%} of the base's)",
                 file=sys.stderr,
                 flush=True,
             )
