@@ -26,6 +26,8 @@ variant=${3:-}
 # The flags of each variant, one override each where the idea allows it:
 #   lr6e-3     the SG stage at the joint stage's lr (there it made every seed learn)
 #   steps3000  three times the SG stage's steps (its loss still falls at step 1,000)
+#   steps6000  six times (at step 3,000 training accuracy still rises)
+#   steps3000_other  steps3000 and other together (do the two gains add?)
 #   other      forget rows continue from another example's prompt state (full of
 #              other facts, as a state overwritten by distractor bindings is)
 #              instead of the empty state
@@ -39,6 +41,8 @@ variant=${3:-}
 declare -A VARIANTS=(
   [lr6e-3]="--config.train.prosg.lr=6e-3"
   [steps3000]="--config.train.prosg.steps=3000"
+  [steps6000]="--config.train.prosg.steps=6000"
+  [steps3000_other]="--config.train.prosg.steps=3000 --config.train.forget_state=other"
   [other]="--config.train.forget_state=other"
   [distill0.5]="--config.prosg.distill_weight=0.5"
   [distill1]="--config.prosg.distill_weight=1.0"
