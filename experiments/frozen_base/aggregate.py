@@ -45,13 +45,14 @@ def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
     groups: list[tuple[str, list[tuple[int, int]]]] = [
         (f"base {b}, SG seed {s}", [(b, s)]) for b, s in sorted(runs)
     ]
-    on_base0 = [k for k in sorted(runs) if k[0] == 0]
+    for base in sorted({b for b, _ in runs}):
+        on_base = [k for k in sorted(runs) if k[0] == base]
+        if len(on_base) > 1:
+            groups.append((f"base {base}, SG seeds {[s for _, s in on_base]}", on_base))
     at_sg0 = [k for k in sorted(runs) if k[1] == 0]
-    if len(on_base0) > 1:
-        groups.append((f"base 0, SG seeds {[s for _, s in on_base0]}", on_base0))
     if len(at_sg0) > 1:
         groups.append((f"bases {[b for b, _ in at_sg0]}, SG seed 0", at_sg0))
-    if len(runs) > max(len(on_base0), len(at_sg0)):
+    if len(runs) > len(at_sg0) and len({b for b, _ in runs}) > 1:
         groups.append((f"all {len(runs)} runs", sorted(runs)))
     lines = list(head)
     for label, keys in groups:
