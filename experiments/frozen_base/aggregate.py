@@ -37,6 +37,11 @@ def _cell(results: list[dict], method: str, column: str) -> str:
     return aggregate.cell(results, method, column)
 
 
+def _on_base(runs: dict[tuple[int, int], dict], base: int) -> list[tuple[int, int]]:
+    """The ``(base, SG seed)`` keys of ``runs`` on one base, in seed order."""
+    return [k for k in sorted(runs) if k[0] == base]
+
+
 def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
     """Markdown: per-run rows, then grouped means, for ``none`` (the base) and ``prosg``."""
     columns = next(iter(runs.values()))["config"]["mqar"]
@@ -45,14 +50,15 @@ def tables(runs: dict[tuple[int, int], dict]) -> list[str]:
     groups: list[tuple[str, list[tuple[int, int]]]] = [
         (f"base {b}, SG seed {s}", [(b, s)]) for b, s in sorted(runs)
     ]
-    for base in sorted({b for b, _ in runs}):
-        on_base = [k for k in sorted(runs) if k[0] == base]
+    bases = sorted({b for b, _ in runs})
+    for base in bases:
+        on_base = _on_base(runs, base)
         if len(on_base) > 1:
             groups.append((f"base {base}, SG seeds {[s for _, s in on_base]}", on_base))
     at_sg0 = [k for k in sorted(runs) if k[1] == 0]
     if len(at_sg0) > 1:
         groups.append((f"bases {[b for b, _ in at_sg0]}, SG seed 0", at_sg0))
-    if len(runs) > len(at_sg0) and len({b for b, _ in runs}) > 1:
+    if len(runs) > len(at_sg0) and len(bases) > 1:
         groups.append((f"all {len(runs)} runs", sorted(runs)))
     lines = list(head)
     for label, keys in groups:
@@ -101,7 +107,7 @@ def write_variants(folder: Path, reference: list[dict]) -> str | None:
     variants = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         runs = read_runs(sub)
-        on_base0 = [runs[k] for k in sorted(runs) if k[0] == 0]
+        on_base0 = [runs[k] for k in _on_base(runs, 0)]
         if on_base0:
             variants[sub.name] = ((sub / "flags.txt").read_text().strip(), on_base0)
     if not variants:
@@ -154,7 +160,7 @@ def main(argv: list[str]) -> None:
     )
     write_text(folder / "runs.md", text)
     print(text)
-    reference = [runs[k] for k in sorted(runs) if k[0] == 0]
+    reference = [runs[k] for k in _on_base(runs, 0)]
     variants = write_variants(folder, reference) if reference else None
     if variants:
         print(variants)
